@@ -1,0 +1,43 @@
+package ldapauth
+
+import "time"
+
+// Config is the LDAP part of the configuration (YAML key "ldap").
+type Config struct {
+	URLs             []string      `yaml:"urls"`                     // tried in order; failover to the next on dial/IO errors
+	StartTLS         bool          `yaml:"start_tls"`                // upgrade ldap:// connections; refused certificate = no connection
+	CAFile           string        `yaml:"ca_file"`                  // PEM bundle; empty = system roots
+	InsecureSkipTLS  bool          `yaml:"tls_insecure_skip_verify"` // off by default; logged loudly when on
+	BindDN           string        `yaml:"bind_dn"`                  // empty = anonymous search
+	BindPassword     string        `yaml:"-"`                        // read from BindPasswordFile, or from saslauthd.conf's ldap_bind_pw
+	BindPasswordFile string        `yaml:"bind_password_file"`       // first line, trailing newline stripped
+	Base             string        `yaml:"base"`                     // search base; may hold filter tokens (%d, %r, ...), DN-escaped
+	Scope            string        `yaml:"scope"`                    // sub | one | base
+	Filter           string        `yaml:"filter"`                   // default (uid=%u); tokens %u %U %d %r %s %%
+	DefaultRealm     string        `yaml:"default_realm"`            // used for %r when the request has no realm
+	Timeout          time.Duration `yaml:"timeout"`                  // bound on every dial and every LDAP operation; default 5s
+	PoolSize         int           `yaml:"pool_size"`                // idle connections kept per role (search, bind); default 8
+	// Attributes are extra attributes fetched with the user (e.g. for Dovecot
+	// field mapping). They come back in Verdict.Attributes.
+	Attributes []string `yaml:"attributes"`
+}
+
+// AccessConfig is the access policy applied after a good password (YAML key "access").
+type AccessConfig struct {
+	// Hostnames are this machine's names for host-attribute matching. Empty:
+	// os.Hostname() and its FQDN.
+	Hostnames []string `yaml:"hostnames"`
+	// HostAttribute is the attribute listing hosts the account may use.
+	// "" turns host filtering off. Default "host".
+	HostAttribute string `yaml:"host_attribute"`
+	// ServiceAttribute (e.g. authorizedService) is matched against the
+	// request's service with the same rules; "" (default) = off.
+	ServiceAttribute string `yaml:"service_attribute"`
+	// AllowMissingHost accepts accounts without any host value. Off by default:
+	// a missing attribute denies, as SSSD and pam_ldap do.
+	AllowMissingHost bool `yaml:"allow_missing_host"`
+	// Filters are extra LDAP filters that must each return the user's entry
+	// (searched with the user's DN as base, scope base). Tokens as Filter plus
+	// %h (this host's first name) and %D (user DN).
+	Filters []string `yaml:"filters"`
+}

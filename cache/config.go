@@ -1,0 +1,10 @@
+package cache
+
+import "time"
+
+// Config is the credential cache configuration (YAML key "cache"). TTL 0 or
+// no "cache" key turns the cache off.
+type Config struct {
+	TTL  time.Duration `yaml:"ttl"`
+	Size int           `yaml:"size"` // entries; default 10000 when TTL > 0
+}

@@ -1,0 +1,189 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSampleConfigLoads(t *testing.T) {
+	f, err := Load("../testdata/config/mailauthd.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Listen.Saslauthd) != 2 || f.Listen.Saslauthd[1].Path != "/var/spool/postfix/var/run/saslauthd/mux" {
+		t.Errorf("listen.saslauthd = %+v", f.Listen.Saslauthd)
+	}
+	if m, _ := f.Listen.Saslauthd[0].FileMode(); m != 0o660 {
+		t.Errorf("mode = %o", m)
+	}
+	if f.LDAP.Timeout != 5*time.Second || f.LDAP.Scope != "sub" || len(f.LDAP.URLs) != 2 {
+		t.Errorf("ldap = %+v", f.LDAP)
+	}
+}
+
+func TestDefaultsSurviveAPartialFile(t *testing.T) {
+	f, err := Parse([]byte("ldap:\n  urls: [ldap://127.0.0.1]\n  base: dc=x\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.LDAP.Filter != "(uid=%u)" || f.LDAP.Timeout != 5*time.Second || f.Access.HostAttribute != "host" {
+		t.Errorf("defaults lost: %+v %+v", f.LDAP, f.Access)
+	}
+	// An explicit empty host_attribute turns host checks off; it must not be
+	// mistaken for "unset".
+	f, err = Parse([]byte("access:\n  host_attribute: \"\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Access.HostAttribute != "" {
+		t.Errorf("host_attribute = %q, want empty", f.Access.HostAttribute)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"typo names key and line", "ldap:\n  urls: [ldap://x]\n  fitler: (uid=%u)\n", `line 3: unknown key "fitler" (in ldap)`},
+		{"top-level typo", "lisen: {}\n", `line 1: unknown key "lisen" (in top level)`},
+		{"bad duration", "ldap:\n  timeout: fast\n", "line 2"},
+		{"zero timeout", "ldap:\n  timeout: 0s\n", "ldap.timeout must be positive"},
+		{"bad mode", "listen:\n  saslauthd: [{path: /run/x, mode: \"rw\"}]\n", "not an octal permission"},
+		{"relative socket", "listen:\n  saslauthd: [{path: run/x}]\n", "must be absolute"},
+		{"same socket twice", "listen:\n  saslauthd: [{path: /run/x}, {path: /run/x}]\n", "used twice"},
+		{"log format", "log: {format: xml}\n", "log.format"},
+		{"password file without dn", "ldap: {bind_password_file: /x}\n", "bind_dn is empty"},
+		{"two documents", "log: {level: info}\n---\nlog: {level: debug}\n", "more than one YAML document"},
+		{"field size", "server: {max_field_size: 100}\n", "max_field_size"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.yaml))
+			if err == nil {
+				t.Fatalf("accepted %q", c.yaml)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not contain %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+func TestBindPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("hunter2\n"), 0o600)
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("ldap: {bind_dn: cn=svc, bind_password_file: "+pw+"}\n"), 0o600)
+	f, err := Load(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.LDAP.BindPassword != "hunter2" {
+		t.Errorf("bind password not read (len %d)", len(f.LDAP.BindPassword))
+	}
+	// An empty file would silently make the service search anonymous.
+	os.WriteFile(pw, []byte("\n"), 0o600)
+	if _, err := Load(cfg, ""); err == nil || !strings.Contains(err.Error(), "empty password") {
+		t.Errorf("empty password file: err = %v", err)
+	}
+}
+
+func TestSaslauthdConf(t *testing.T) {
+	f, err := Load("", "../testdata/config/saslauthd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := f.LDAP
+	if strings.Join(l.URLs, " ") != "ldap://127.0.0.1:389/ ldap://ldap2.example.org/" {
+		t.Errorf("urls = %v", l.URLs)
+	}
+	if l.BindDN != "cn=saslauthd,dc=example,dc=org" || l.BindPassword != "s3cret" {
+		t.Errorf("bind = %q", l.BindDN)
+	}
+	if l.Filter != "(uid=%u)" || l.Scope != "one" || l.Timeout != 3*time.Second || !l.StartTLS ||
+		l.CAFile != "/etc/ssl/certs/ca.pem" || l.DefaultRealm != "example.org" || l.Base != "ou=people,dc=example,dc=org" {
+		t.Errorf("ldap = %+v", l)
+	}
+	if len(f.Warnings) != 1 || !strings.Contains(f.Warnings[0], "ldap_time_limit") {
+		t.Errorf("warnings = %q", f.Warnings)
+	}
+	for _, w := range f.Warnings {
+		if strings.Contains(w, "s3cret") {
+			t.Error("warning leaks the bind password")
+		}
+	}
+}
+
+func TestSaslauthdConfRefusals(t *testing.T) {
+	cases := []struct{ conf, want string }{
+		{"ldap_group_dn: cn=mail,dc=x\n", "group checks"},
+		{"ldap_auth_method: custom\n", "bind only"},
+		{"ldap_auth_method: fastbind\n", "bind only"},
+		{"ldap_use_sasl: yes\n", "SASL binds"},
+		{"ldap_tls_cert: /x.pem\n", "client certificates"},
+		{"ldap_serverz: ldap://x\n", "unknown key"},
+		{"ldap_servers:\n", "no value"},
+		{"ldap_servers ldap://x\n", "not a \"key: value\" line"},
+		{"ldap_bind_dn: cn=x\n", "without ldap_bind_pw"},
+		{"ldap_version: 2\n", "LDAPv3"},
+		{"ldap_timeout: forever\n", "whole seconds"},
+	}
+	for _, c := range cases {
+		_, _, err := ParseSaslauthdConf([]byte(c.conf), Default().LDAP)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: err = %v, want %q", c.conf, err, c.want)
+		}
+	}
+}
+
+func TestSaslauthdConfWithYAMLLDAPRefused(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("ldap: {urls: [ldap://x]}\n"), 0o600)
+	if _, err := Load(cfg, "../testdata/config/saslauthd.conf"); err == nil || !strings.Contains(err.Error(), "one or the other") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestSwitchOn(t *testing.T) {
+	for v, want := range map[string]bool{"yes": true, "on": true, "1": true, "true": true, "no": false, "off": false, "0": false, "false": false, "": false, "maybe": false} {
+		if switchOn(v) != want {
+			t.Errorf("switchOn(%q) = %v", v, !want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	if data, err := os.ReadFile("../testdata/config/mailauthd.yaml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte("ldap: {urls: [a], timeout: 1s}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err == nil && c.Validate() != nil {
+			t.Fatalf("Parse accepted a config that Validate refuses")
+		}
+		if err != nil && strings.Contains(err.Error(), "\n") {
+			t.Fatalf("multi-line error: %q", err)
+		}
+	})
+}
+
+func FuzzParseSaslauthdConf(f *testing.F) {
+	if data, err := os.ReadFile("../testdata/config/saslauthd.conf"); err == nil {
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, _, err := ParseSaslauthdConf(data, Default().LDAP)
+		if err == nil && c.BindDN != "" && c.BindPassword == "" {
+			t.Fatalf("accepted a bind DN without password")
+		}
+	})
+}

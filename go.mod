@@ -10,5 +10,6 @@ require (
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/msteinert/pam/v2 v2.1.0 // indirect
 	golang.org/x/crypto v0.54.0 // indirect
+	golang.org/x/sys v0.47.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )

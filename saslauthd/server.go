@@ -1,0 +1,464 @@
+package saslauthd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// Authenticator decides one request. It must be safe for concurrent use and
+// should honour ctx; the server answers NO when ctx ends even if it does not.
+// auth.Authenticator implementations satisfy it.
+type Authenticator interface {
+	Authenticate(ctx context.Context, req auth.Request) auth.Verdict
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("saslauthd: server closed")
+
+// Defaults for the zero values of Server's settings.
+const (
+	DefaultReadTimeout    = 5 * time.Second
+	DefaultWriteTimeout   = 5 * time.Second
+	DefaultRequestTimeout = 10 * time.Second
+	DefaultDrainTimeout   = 500 * time.Millisecond
+	DefaultMaxConns       = 128
+)
+
+// maxDrain bounds what a client may still send after its reply.
+const maxDrain = 64 << 10
+
+// Server answers saslauthd requests on any number of listeners. Set the
+// fields before the first Serve; zero values mean the defaults.
+type Server struct {
+	Authenticator Authenticator
+	Logger        *slog.Logger // nil: slog.Default()
+
+	// ReadTimeout bounds reading the whole request from when it is accepted.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing the reply.
+	WriteTimeout time.Duration
+	// RequestTimeout is the deadline of the context given to the
+	// Authenticator. When it passes the client is answered NO at once.
+	RequestTimeout time.Duration
+	// DrainTimeout bounds how long, after replying, the server waits for the
+	// client to close (Cyrus drains to EOF with no bound).
+	DrainTimeout time.Duration
+	// MaxConns caps the connections handled at once (across all listeners).
+	MaxConns int
+	// MaxFieldSize limits each request field; see ReadOptions.
+	MaxFieldSize int
+	// ClientAddrWait is the wait for the optional fifth field; see ReadOptions.
+	ClientAddrWait time.Duration
+
+	initOnce sync.Once
+	slots    chan struct{} // semaphore: one token per running connection
+	done     chan struct{} // closed when shutting down
+	baseCtx  context.Context
+	cancel   context.CancelFunc
+
+	mu        sync.Mutex
+	closing   bool
+	listeners map[*net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	active    int           // connections plus authenticator calls still running
+	idle      chan struct{} // closed when active drops to 0 while closing
+}
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		n := s.MaxConns
+		if n <= 0 {
+			n = DefaultMaxConns
+		}
+		s.slots = make(chan struct{}, n)
+		s.done = make(chan struct{})
+		s.baseCtx, s.cancel = context.WithCancel(context.Background())
+		s.listeners = make(map[*net.Listener]struct{})
+		s.conns = make(map[net.Conn]struct{})
+	})
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// Serve accepts connections on l and answers each in its own goroutine. It
+// always returns a non-nil error and closes l; after Shutdown or Close it
+// returns ErrServerClosed. Call it once per listener; they share MaxConns.
+func (s *Server) Serve(l net.Listener) error {
+	s.init()
+	if s.Authenticator == nil {
+		l.Close()
+		return errors.New("saslauthd: Server.Authenticator is nil")
+	}
+	if !s.trackListener(&l, true) {
+		l.Close()
+		return ErrServerClosed
+	}
+	defer s.trackListener(&l, false)
+	defer l.Close()
+
+	addr := l.Addr().String()
+	log := s.logger()
+	var backoff time.Duration
+	var lastFullWarn time.Time
+	for {
+		// When every slot is taken, stop accepting: connections wait in the
+		// kernel backlog, in order, and get served as slots free. Every slot
+		// frees within ReadTimeout+RequestTimeout+WriteTimeout+DrainTimeout,
+		// and Postfix/Cyrus bound how many workers can wait. Accepting and
+		// answering "NO busy" instead would turn a burst into failed logins
+		// that mail clients show as a wrong password and fail2ban counts.
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			if time.Since(lastFullWarn) > 10*time.Second { // once per episode, not per connection
+				lastFullWarn = time.Now()
+				log.Warn("saslauthd: connection limit reached, waiting for a free slot",
+					"socket", addr, "max_conns", cap(s.slots))
+			}
+			select {
+			case s.slots <- struct{}{}:
+			case <-s.done:
+				return ErrServerClosed
+			}
+		}
+		c, err := l.Accept()
+		if err != nil {
+			<-s.slots
+			if s.shuttingDown() {
+				return ErrServerClosed
+			}
+			if !temporary(err) {
+				return fmt.Errorf("saslauthd: accept on %s: %w", addr, err)
+			}
+			// Like net/http: back off 5ms doubling to 1s, so EMFILE does not spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.Error("saslauthd: accept failed, retrying", "socket", addr, "err", err, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.done:
+				t.Stop()
+				return ErrServerClosed
+			}
+			continue
+		}
+		backoff = 0
+		if !s.trackConn(c, true) {
+			<-s.slots
+			c.Close()
+			return ErrServerClosed
+		}
+		go s.serveConn(c, addr)
+	}
+}
+
+// temporary reports accept errors worth retrying: resource exhaustion and
+// connections aborted before we got to them.
+func temporary(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS,
+		syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN, syscall.EPROTO} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) shuttingDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+func (s *Server) trackListener(l *net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.listeners[l] = struct{}{}
+	} else {
+		delete(s.listeners, l)
+	}
+	return true
+}
+
+// trackConn registers a connection as active; false means the server is
+// closing and the connection must be dropped.
+func (s *Server) trackConn(c net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.conns[c] = struct{}{}
+		s.active++
+		return true
+	}
+	delete(s.conns, c)
+	return true
+}
+
+// finish ends one unit of activity (a connection, or an authenticator call)
+// and wakes Shutdown when nothing is left.
+func (s *Server) finish() {
+	s.mu.Lock()
+	s.active--
+	if s.active == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	s.mu.Unlock()
+}
+
+// Shutdown stops every Serve (each returns ErrServerClosed), lets requests
+// in flight finish and waits for them. If ctx ends first it cancels the
+// contexts of requests still running (their clients get NO), closes their
+// connections and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	idle := s.beginClose()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		s.abort()
+		return ctx.Err()
+	}
+}
+
+// Close stops every Serve, cancels running requests and closes their
+// connections at once.
+func (s *Server) Close() error {
+	s.init()
+	s.beginClose()
+	s.abort()
+	return nil
+}
+
+func (s *Server) beginClose() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closing {
+		s.closing = true
+		close(s.done)
+		for l := range s.listeners {
+			(*l).Close()
+		}
+	}
+	idle := make(chan struct{})
+	if s.active == 0 {
+		close(idle)
+	} else if s.idle != nil {
+		idle = s.idle
+	} else {
+		s.idle = idle
+	}
+	return idle
+}
+
+func (s *Server) abort() {
+	s.cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.Close()
+	}
+}
+
+// decision is what gets logged about one connection.
+type decision struct {
+	req      auth.Request
+	outcome  string
+	reason   string
+	malform  error
+	panicked bool
+}
+
+func (s *Server) serveConn(c net.Conn, addr string) {
+	start := time.Now()
+	log := s.logger()
+	authRunning := false
+	defer func() {
+		// Last line of defence: a bug here must cost one connection, not the daemon.
+		if p := recover(); p != nil {
+			log.Error("saslauthd: panic serving connection", "socket", addr,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		}
+		c.Close()
+		s.trackConn(c, false)
+		s.finish()
+		if !authRunning {
+			<-s.slots
+		}
+	}()
+
+	readDeadline := start.Add(orDefault(s.ReadTimeout, DefaultReadTimeout))
+	c.SetReadDeadline(readDeadline)
+	req, err := ReadRequest(c, ReadOptions{
+		MaxFieldSize:   s.MaxFieldSize,
+		ClientAddrWait: s.ClientAddrWait,
+		Deadline:       readDeadline,
+	})
+
+	d := decision{req: req}
+	var ok bool
+	var text string
+	switch {
+	case errors.Is(err, ErrEmptyLogin), errors.Is(err, ErrEmptyPassword):
+		d.outcome, d.reason = auth.Reject.String(), strings.TrimPrefix(err.Error(), "saslauthd: ")
+		text = d.reason
+	case err != nil:
+		d.malform = err
+		text = "malformed request"
+	default:
+		var v auth.Verdict
+		v, d.panicked, authRunning = s.authenticate(req)
+		ok = v.Outcome == auth.Accept
+		d.outcome, d.reason = v.Outcome.String(), v.Reason
+		if d.reason == "" && !ok {
+			d.reason = "authentication failed"
+		}
+		text = d.reason
+	}
+
+	// Always try to answer, even a malformed or cut-off request: a client
+	// that only half-closed can still read its NO; one that left costs a
+	// failed write.
+	c.SetWriteDeadline(time.Now().Add(orDefault(s.WriteTimeout, DefaultWriteTimeout)))
+	replied := true
+	if werr := WriteReply(c, ok, text); werr != nil {
+		replied = false
+		if d.malform == nil {
+			d.reason += " (reply not delivered: " + werr.Error() + ")"
+		}
+	}
+	s.logDecision(log, addr, d, time.Since(start))
+	if replied {
+		s.drain(c)
+	}
+}
+
+// authenticate runs the Authenticator with a deadline and a panic guard. If
+// the Authenticator overruns its deadline the client is answered at once
+// (tempfail); the call keeps its slot until it returns (stillRunning), so a
+// stuck backend can never pile up more goroutines than MaxConns.
+func (s *Server) authenticate(req auth.Request) (v auth.Verdict, panicked, stillRunning bool) {
+	ctx, cancel := context.WithTimeout(s.baseCtx, orDefault(s.RequestTimeout, DefaultRequestTimeout))
+	type result struct {
+		v        auth.Verdict
+		panicked bool
+	}
+	ch := make(chan result, 1)
+	s.mu.Lock()
+	s.active++ // the call holds its own activity unit so Shutdown waits for it
+	s.mu.Unlock()
+	go func() {
+		var r result
+		defer func() {
+			if p := recover(); p != nil {
+				// The panic value may quote the request: keep the password out of the log.
+				msg := fmt.Sprint(p)
+				if req.Password != "" {
+					msg = strings.ReplaceAll(msg, req.Password, "[password]")
+				}
+				s.logger().Error("saslauthd: authenticator panicked", "user", req.User,
+					"service", req.Service, "panic", msg, "stack", string(debug.Stack()))
+				r = result{v: auth.TempFailed("internal error"), panicked: true}
+			}
+			ch <- r
+			cancel()
+			s.finish()
+		}()
+		r.v = s.Authenticator.Authenticate(ctx, req)
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.panicked, false
+	case <-ctx.Done():
+		select {
+		case r := <-ch: // answered right at the deadline: keep the answer
+			return r.v, r.panicked, false
+		default:
+		}
+		// Hand the slot to the goroutine: released when the call returns.
+		go func() { <-ch; <-s.slots }()
+		reason := "timeout"
+		if errors.Is(ctx.Err(), context.Canceled) {
+			reason = "server shutting down"
+		}
+		return auth.TempFailed(reason), false, true
+	}
+}
+
+// drain does what Cyrus does after replying: shut the write side, then read
+// until the client closes, so closing never resets a connection whose reply
+// is still unread. Bounded in time and bytes.
+func (s *Server) drain(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(orDefault(s.DrainTimeout, DefaultDrainTimeout)))
+	var buf [512]byte
+	for n := 0; n < maxDrain; {
+		m, err := c.Read(buf[:])
+		n += m
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (s *Server) logDecision(log *slog.Logger, addr string, d decision, took time.Duration) {
+	if d.malform != nil {
+		level := slog.LevelWarn
+		if errors.Is(d.malform, ErrNoRequest) {
+			level = slog.LevelInfo // a probe that connects and leaves is not an attack
+		}
+		log.LogAttrs(context.Background(), level, "saslauthd: malformed request",
+			slog.String("socket", addr), slog.String("reason", d.malform.Error()),
+			slog.Duration("duration", took))
+		return
+	}
+	level := slog.LevelInfo
+	if d.outcome == auth.TempFail.String() || d.panicked {
+		level = slog.LevelWarn
+	}
+	log.LogAttrs(context.Background(), level, "saslauthd: decision",
+		slog.String("user", d.req.User),
+		slog.String("realm", d.req.Realm),
+		slog.String("service", d.req.Service),
+		slog.String("client", d.req.ClientAddr),
+		slog.String("outcome", d.outcome),
+		slog.String("reason", d.reason),
+		slog.String("socket", addr),
+		slog.Duration("duration", took))
+}

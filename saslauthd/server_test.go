@@ -1,0 +1,553 @@
+package saslauthd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// authFunc adapts a function to Authenticator for tests.
+type authFunc func(ctx context.Context, req auth.Request) auth.Verdict
+
+func (f authFunc) Authenticate(ctx context.Context, req auth.Request) auth.Verdict {
+	return f(ctx, req)
+}
+
+// safeBuffer collects log output from many goroutines.
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startServer serves srv on a fresh socket and shuts it down at cleanup.
+func startServer(t *testing.T, srv *Server) (path string, logs *safeBuffer) {
+	t.Helper()
+	logs = &safeBuffer{}
+	if srv.Logger == nil {
+		srv.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	path = filepath.Join(t.TempDir(), "mux")
+	l, err := Listen(path, 0o666, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return path, logs
+}
+
+func ask(t *testing.T, path string, req auth.Request) (bool, string) {
+	t.Helper()
+	c := Client{Path: path, Timeout: 10 * time.Second}
+	ok, text, err := c.Authenticate(context.Background(), req)
+	if err != nil {
+		t.Fatalf("Authenticate: %v", err)
+	}
+	return ok, text
+}
+
+const secret = "hunter2-Secret!" // must never show up in logs
+
+func TestServerDecisions(t *testing.T) {
+	var mu sync.Mutex
+	var got []auth.Request
+	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		mu.Lock()
+		got = append(got, req)
+		mu.Unlock()
+		if _, ok := ctx.Deadline(); !ok {
+			return auth.Rejected("no deadline on context")
+		}
+		switch req.User {
+		case "alice":
+			return auth.Accepted("uid=alice", nil)
+		case "down":
+			return auth.TempFailed("directory unavailable")
+		case "quiet":
+			return auth.Verdict{Outcome: auth.Reject}
+		}
+		return auth.Rejected("invalid credentials")
+	})}
+	path, logs := startServer(t, srv)
+
+	tests := []struct {
+		name     string
+		req      auth.Request
+		wantOK   bool
+		wantText string
+		called   bool
+		outcome  string
+	}{
+		{"accept", auth.Request{User: "alice", Password: secret, Service: "smtp", Realm: "example.org"}, true, "", true, "accept"},
+		{"accept with client address", auth.Request{User: "alice", Password: secret, Service: "imap", ClientAddr: "192.0.2.7;40000"}, true, "", true, "accept"},
+		{"reject", auth.Request{User: "mallory", Password: secret, Service: "smtp"}, false, "invalid credentials", true, "reject"},
+		{"reject without reason", auth.Request{User: "quiet", Password: secret, Service: "smtp"}, false, "authentication failed", true, "reject"},
+		{"tempfail", auth.Request{User: "down", Password: secret, Service: "smtp"}, false, "directory unavailable", true, "tempfail"},
+		{"empty password never reaches the authenticator", auth.Request{User: "alice", Service: "smtp"}, false, "empty password", false, "reject"},
+		{"empty login never reaches the authenticator", auth.Request{Password: secret, Service: "smtp"}, false, "empty login", false, "reject"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mu.Lock()
+			got = nil
+			mu.Unlock()
+			ok, text := ask(t, path, tt.req)
+			if ok != tt.wantOK || text != tt.wantText {
+				t.Fatalf("answer = %v %q, want %v %q", ok, text, tt.wantOK, tt.wantText)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !tt.called {
+				if len(got) != 0 {
+					t.Fatal("authenticator was called")
+				}
+				return
+			}
+			if len(got) != 1 || got[0] != tt.req {
+				t.Fatalf("authenticator got %d requests, first %+v", len(got), redact(got[0]))
+			}
+		})
+	}
+	// One decision line per request, with the fields operators need, and
+	// never the password.
+	// The line is written right after the reply: wait for the last one.
+	waitFor(t, func() bool { return strings.Count(logs.String(), `"msg":"saslauthd: decision"`) >= len(tests) })
+	time.Sleep(50 * time.Millisecond) // and make sure no extra line follows
+	out := logs.String()
+	if n := strings.Count(out, `"msg":"saslauthd: decision"`); n != len(tests) {
+		t.Errorf("%d decision lines for %d requests:\n%s", n, len(tests), out)
+	}
+	for _, want := range []string{`"user":"mallory"`, `"outcome":"tempfail"`, `"client":"192.0.2.7;40000"`,
+		`"realm":"example.org"`, `"service":"imap"`, `"reason":"invalid credentials"`, `"duration":`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s", want)
+		}
+	}
+	if strings.Contains(out, secret) {
+		t.Error("password in log")
+	}
+}
+
+// rawExchange sends raw bytes and returns the reply (or the read error).
+func rawExchange(t *testing.T, path string, msg []byte) (string, error) {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return "", err
+	}
+	return ReadCounted(c, MaxReplySize)
+}
+
+func TestServerMalformed(t *testing.T) {
+	var calls atomic.Int32
+	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		calls.Add(1)
+		return auth.Accepted("", nil)
+	})}
+	path, logs := startServer(t, srv)
+	tests := []struct {
+		name   string
+		msg    []byte
+		reason string
+	}{
+		{"over-long field", append([]byte{0x04, 0x01}, make([]byte, 1025)...), "field too long"},
+		{"over-long length with no body", []byte{0xff, 0xff}, "field too long"},
+		{"NUL in login", frame("alice\x00evil", secret, "smtp", ""), "NUL byte"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reply, err := rawExchange(t, path, tt.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if reply != "NO malformed request" {
+				t.Fatalf("reply %q", reply)
+			}
+		})
+	}
+	// A client that half-closes after three fields still gets its NO.
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(frame("u", "p", "s"))
+	c.(*net.UnixConn).CloseWrite()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if reply, err := ReadCounted(c, MaxReplySize); err != nil || reply != "NO malformed request" {
+		t.Fatalf("truncated request: %q, %v", reply, err)
+	}
+	c.Close()
+
+	if calls.Load() != 0 {
+		t.Fatal("authenticator called for a malformed request")
+	}
+	// Still serving.
+	if ok, _ := ask(t, path, auth.Request{User: "u", Password: "p", Service: "smtp"}); !ok {
+		t.Fatal("server stopped answering after malformed requests")
+	}
+	waitFor(t, func() bool {
+		return strings.Count(logs.String(), `"msg":"saslauthd: malformed request"`) >= len(tests)+1
+	})
+	time.Sleep(50 * time.Millisecond) // and make sure no extra line follows
+	out := logs.String()
+	if n := strings.Count(out, `"msg":"saslauthd: malformed request"`); n != len(tests)+1 {
+		t.Errorf("%d malformed-request log lines, want %d:\n%s", n, len(tests)+1, out)
+	}
+	if !strings.Contains(out, "NUL byte") || strings.Contains(out, secret) {
+		t.Errorf("malformed log lines lack a reason or contain the password:\n%s", out)
+	}
+}
+
+func TestServerSlowClientCutWhileOthersServed(t *testing.T) {
+	srv := &Server{
+		ReadTimeout: 300 * time.Millisecond,
+		MaxConns:    4,
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+			return auth.Accepted("", nil)
+		}),
+	}
+	path, logs := startServer(t, srv)
+
+	slow, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	slow.Write([]byte{0, 5, 'a'}) // then nothing more
+
+	for range 3 {
+		if ok, _ := ask(t, path, auth.Request{User: "u", Password: "p"}); !ok {
+			t.Fatal("other client not served")
+		}
+	}
+	slow.SetReadDeadline(time.Now().Add(10 * time.Second))
+	reply, err := ReadCounted(slow, MaxReplySize)
+	if err != nil || reply != "NO malformed request" {
+		t.Fatalf("slow client got %q, %v; want a NO after the read deadline", reply, err)
+	}
+	if _, err := slow.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("slow client connection not closed: %v", err)
+	}
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "malformed request") })
+	if !strings.Contains(logs.String(), "timeout") {
+		t.Errorf("timeout not logged:\n%s", logs.String())
+	}
+}
+
+func TestServerMaxConns(t *testing.T) {
+	release := make(chan struct{})
+	var running, peak atomic.Int32
+	srv := &Server{
+		MaxConns: 2,
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+			n := running.Add(1)
+			defer running.Add(-1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+			<-release
+			return auth.Accepted("", nil)
+		}),
+	}
+	path, _ := startServer(t, srv)
+
+	const clients = 5
+	results := make(chan bool, clients)
+	for range clients {
+		go func() {
+			c := Client{Path: path, Timeout: 20 * time.Second}
+			ok, _, err := c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"})
+			results <- ok && err == nil
+		}()
+	}
+	waitFor(t, func() bool { return running.Load() == 2 })
+	time.Sleep(100 * time.Millisecond) // give a wrongly admitted third call the chance to show
+	if n := running.Load(); n != 2 {
+		t.Fatalf("%d requests running with MaxConns 2", n)
+	}
+	close(release)
+	for range clients {
+		if !<-results {
+			t.Fatal("a queued client was not served once slots freed")
+		}
+	}
+	if p := peak.Load(); p != 2 {
+		t.Fatalf("peak concurrency %d, want 2", p)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestServerRequestTimeoutHoldsSlot(t *testing.T) {
+	release := make(chan struct{})
+	var calls atomic.Int32
+	srv := &Server{
+		MaxConns:       1,
+		RequestTimeout: 100 * time.Millisecond,
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+			if calls.Add(1) == 1 {
+				<-release // ignores ctx: a misbehaving backend
+			}
+			return auth.Accepted("", nil)
+		}),
+	}
+	path, _ := startServer(t, srv)
+
+	// The stuck call's client is answered at the deadline, and fails closed.
+	ok, text := ask(t, path, auth.Request{User: "u", Password: "p"})
+	if ok || text != "timeout" {
+		t.Fatalf("stuck authenticator: answer %v %q, want NO timeout", ok, text)
+	}
+	// Its slot stays taken until the call returns, so the next client waits.
+	second := make(chan bool, 1)
+	go func() {
+		c := Client{Path: path, Timeout: 20 * time.Second}
+		ok, _, _ := c.Authenticate(context.Background(), auth.Request{User: "v", Password: "p"})
+		second <- ok
+	}()
+	select {
+	case <-second:
+		t.Fatal("second request served while the stuck call still holds the only slot")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if !<-second {
+		t.Fatal("second request not served after the slot freed")
+	}
+}
+
+func TestServerPanicRecovered(t *testing.T) {
+	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		if req.User == "boom" {
+			panic("cannot handle request " + req.User + "/" + req.Password)
+		}
+		return auth.Accepted("", nil)
+	})}
+	path, logs := startServer(t, srv)
+	ok, text := ask(t, path, auth.Request{User: "boom", Password: secret})
+	if ok || text != "internal error" {
+		t.Fatalf("panicking authenticator: answer %v %q", ok, text)
+	}
+	if ok, _ := ask(t, path, auth.Request{User: "fine", Password: secret}); !ok {
+		t.Fatal("server not serving after a panic")
+	}
+	waitFor(t, func() bool { return strings.Count(logs.String(), `"msg":"saslauthd: decision"`) == 2 })
+	out := logs.String()
+	if !strings.Contains(out, "authenticator panicked") || !strings.Contains(out, "cannot handle request boom") {
+		t.Errorf("panic not logged:\n%s", out)
+	}
+	if strings.Contains(out, secret) {
+		t.Error("password from the panic value reached the log")
+	}
+}
+
+func TestServerShutdownDrainsInFlight(t *testing.T) {
+	started := make(chan struct{})
+	release := make(chan struct{})
+	srv := &Server{
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+			close(started)
+			<-release
+			return auth.Accepted("", nil)
+		}),
+		Logger: slog.New(slog.DiscardHandler),
+	}
+	path := filepath.Join(t.TempDir(), "mux")
+	l, err := Listen(path, 0o666, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+
+	answer := make(chan bool, 1)
+	go func() {
+		c := Client{Path: path, Timeout: 20 * time.Second}
+		ok, _, err := c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"})
+		answer <- ok && err == nil
+	}()
+	<-started
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- srv.Shutdown(ctx)
+	}()
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve returned %v", err)
+	}
+	// No longer accepting: the socket file is gone.
+	if _, err := net.Dial("unix", path); err == nil {
+		t.Fatal("new connection accepted during Shutdown")
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a request in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if !<-answer {
+		t.Fatal("in-flight request not answered OK during Shutdown")
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := srv.Serve(l); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve after Shutdown: %v", err)
+	}
+}
+
+func TestServerShutdownDeadlineCancelsRequests(t *testing.T) {
+	started := make(chan struct{})
+	srv := &Server{
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+			close(started)
+			<-ctx.Done()
+			return auth.TempFailed("cancelled: " + ctx.Err().Error())
+		}),
+		Logger: slog.New(slog.DiscardHandler),
+	}
+	path := filepath.Join(t.TempDir(), "mux")
+	l, err := Listen(path, 0o666, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	type answer struct {
+		ok   bool
+		text string
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		c := Client{Path: path, Timeout: 20 * time.Second}
+		ok, text, err := c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"})
+		got <- answer{ok, text, err}
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want deadline exceeded", err)
+	}
+	// The client gets a NO or a closed connection, never an OK.
+	if a := <-got; a.ok {
+		t.Fatalf("request cancelled by Shutdown answered OK")
+	}
+}
+
+func TestServerSeveralListeners(t *testing.T) {
+	srv := &Server{
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
+		Logger:        slog.New(slog.DiscardHandler),
+	}
+	dir := t.TempDir()
+	var paths []string
+	served := make(chan error, 2)
+	for _, name := range []string{"a/mux", "b/mux"} {
+		p := filepath.Join(dir, name)
+		l, err := Listen(p, 0o666, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+		go func() { served <- srv.Serve(l) }()
+	}
+	for _, p := range paths {
+		if ok, _ := ask(t, p, auth.Request{User: "u", Password: "p"}); !ok {
+			t.Fatalf("%s: not served", p)
+		}
+	}
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range paths {
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Fatalf("Serve returned %v", err)
+		}
+	}
+}
+
+func TestServerNilAuthenticator(t *testing.T) {
+	l, err := Listen(filepath.Join(t.TempDir(), "mux"), 0o666, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Server{}).Serve(l); err == nil || errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve without Authenticator = %v", err)
+	}
+}
+
+func TestClientTimeout(t *testing.T) {
+	// A server that accepts and never answers: the Client must give up.
+	path := filepath.Join(t.TempDir(), "mux")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	c := Client{Path: path, Timeout: 100 * time.Millisecond}
+	_, _, err = c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want a deadline error", err)
+	}
+}

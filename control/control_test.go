@@ -1,0 +1,400 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// backend answers by user name, so each test case picks its verdict; it
+// records passwords it was given to check lookups never carry one.
+type backend struct {
+	mu       sync.Mutex
+	verdicts map[string]auth.Verdict
+	seen     []auth.Request
+	block    chan struct{} // if set, decisions wait on it or on ctx
+	flushed  int
+}
+
+func (b *backend) decide(ctx context.Context, op string, r auth.Request) auth.Verdict {
+	b.mu.Lock()
+	b.seen = append(b.seen, r)
+	v, ok := b.verdicts[op+":"+r.User]
+	block := b.block
+	b.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return auth.TempFailed("backend: " + ctx.Err().Error())
+		}
+	}
+	if !ok {
+		return auth.Verdict{Outcome: auth.Reject, Reason: "no such user", UserUnknown: true}
+	}
+	return v
+}
+
+func (b *backend) Authenticate(ctx context.Context, r auth.Request) auth.Verdict {
+	return b.decide(ctx, "auth", r)
+}
+func (b *backend) Lookup(ctx context.Context, r auth.Request) auth.Verdict {
+	return b.decide(ctx, "lookup", r)
+}
+
+type flushingBackend struct{ *backend }
+
+func (f flushingBackend) Flush() { f.mu.Lock(); f.flushed++; f.mu.Unlock() }
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func startServer(t *testing.T, s *Server) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "control")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Logger == nil {
+		s.Logger = quietLogger()
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return path
+}
+
+func TestRoundTrip(t *testing.T) {
+	accepted := auth.Accepted("uid=alice,ou=people,dc=example,dc=org", map[string][]string{
+		"homedirectory": {"/srv/mail/alice"},
+		"mailhost":      {"imap1.example.org", "imap2\texample"},
+		"empty":         {},
+	})
+	b := &backend{verdicts: map[string]auth.Verdict{
+		"auth:alice":    accepted,
+		"lookup:alice":  accepted,
+		"auth:bad":      auth.Rejected("invalid credentials"),
+		"auth:down":     auth.TempFailed("ldap unreachable"),
+		"lookup:policy": auth.Rejected("host not allowed"),
+	}}
+	path := startServer(t, &Server{Backend: b})
+	c := &Client{Path: path, Timeout: 5 * time.Second}
+	ctx := context.Background()
+
+	tests := []struct {
+		name string
+		op   string
+		req  auth.Request
+		want auth.Verdict
+	}{
+		{"accept", OpAuth, auth.Request{User: "alice", Password: "pw", Service: "imap", Realm: "example.org", ClientAddr: "192.0.2.7"}, accepted},
+		{"lookup", OpLookup, auth.Request{User: "alice"}, accepted},
+		{"reject", OpAuth, auth.Request{User: "bad", Password: "x"}, auth.Rejected("invalid credentials")},
+		{"tempfail", OpAuth, auth.Request{User: "down", Password: "x"}, auth.TempFailed("ldap unreachable")},
+		{"unknown", OpLookup, auth.Request{User: "nobody"}, auth.Verdict{Outcome: auth.Reject, Reason: "no such user", UserUnknown: true}},
+		{"policy", OpLookup, auth.Request{User: "policy"}, auth.Rejected("host not allowed")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got auth.Verdict
+			var err error
+			if tt.op == OpAuth {
+				got, err = c.Authenticate(ctx, tt.req)
+			} else {
+				got, err = c.Lookup(ctx, tt.req)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(normalize(got), normalize(tt.want)) {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if first := b.seen[0]; first != tests[0].req {
+		t.Fatalf("server saw %+v, client sent %+v", first, tests[0].req)
+	}
+	for _, r := range b.seen {
+		if r.User == "alice" && r.Password != "" && r != tests[0].req {
+			t.Fatalf("lookup carried a password: %+v", r)
+		}
+	}
+}
+
+// normalize treats a nil and an empty value list alike.
+func normalize(v auth.Verdict) auth.Verdict {
+	for k, vals := range v.Attributes {
+		if len(vals) == 0 {
+			v.Attributes[k] = []string{}
+		}
+	}
+	return v
+}
+
+func TestFlush(t *testing.T) {
+	b := &backend{}
+	path := startServer(t, &Server{Backend: b})
+	c := &Client{Path: path}
+	if err := c.Flush(context.Background()); err == nil || !strings.Contains(err.Error(), "no cache") {
+		t.Fatalf("flush without a cache: err = %v", err)
+	}
+	fb := flushingBackend{&backend{}}
+	path = startServer(t, &Server{Backend: fb})
+	c = &Client{Path: path}
+	if err := c.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fb.flushed != 1 {
+		t.Fatalf("Flush called %d times", fb.flushed)
+	}
+}
+
+func TestNotRunning(t *testing.T) {
+	dir := t.TempDir()
+	// No socket at all.
+	c := &Client{Path: filepath.Join(dir, "missing")}
+	v, err := c.Authenticate(context.Background(), auth.Request{User: "a", Password: "b"})
+	if !errors.Is(err, ErrNotRunning) || v.Outcome != auth.TempFail {
+		t.Fatalf("missing socket: %v, %+v", err, v)
+	}
+	// A stale socket file: the daemon died without removing it.
+	path := filepath.Join(dir, "stale")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	c = &Client{Path: path}
+	if _, err := c.Lookup(context.Background(), auth.Request{User: "a"}); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("stale socket: err = %v, want ErrNotRunning", err)
+	}
+}
+
+// A daemon that is there but does not answer, or answers garbage, must not
+// count as "not running": the caller would decide again and might differ.
+func TestDaemonThereButFailingIsNotFallback(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "hung")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	defer func() {
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	garbage := make(chan bool, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			if <-garbage {
+				c.Write([]byte("\x00\x02NO"))
+				c.Close()
+			}
+		}
+	}()
+
+	garbage <- false
+	c := &Client{Path: path, Timeout: 200 * time.Millisecond}
+	start := time.Now()
+	v, err := c.Authenticate(context.Background(), auth.Request{User: "a", Password: "b"})
+	if err == nil || errors.Is(err, ErrNotRunning) || v.Outcome != auth.TempFail {
+		t.Fatalf("hung daemon: err = %v, verdict %+v; want a non-fallback error and TempFail", err, v)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Fatalf("client waited %v past its timeout", time.Since(start))
+	}
+
+	garbage <- true
+	v, err = c.Lookup(context.Background(), auth.Request{User: "a"})
+	if err == nil || errors.Is(err, ErrNotRunning) || v.Outcome != auth.TempFail {
+		t.Fatalf("garbage reply: err = %v, verdict %+v", err, v)
+	}
+}
+
+func TestBusyAnswersTempFail(t *testing.T) {
+	b := &backend{block: make(chan struct{})}
+	path := startServer(t, &Server{Backend: b, MaxConnections: 1})
+	c := &Client{Path: path, Timeout: 5 * time.Second}
+	first := make(chan auth.Verdict, 1)
+	go func() {
+		v, _ := c.Authenticate(context.Background(), auth.Request{User: "x", Password: "y"})
+		first <- v
+	}()
+	// Wait until the first request holds the only slot.
+	for i := 0; ; i++ {
+		b.mu.Lock()
+		n := len(b.seen)
+		b.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if i > 500 {
+			t.Fatal("first request never reached the backend")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	v, err := c.Authenticate(context.Background(), auth.Request{User: "x", Password: "y"})
+	if err != nil || v.Outcome != auth.TempFail || !strings.Contains(v.Reason, "busy") {
+		t.Fatalf("second request: %+v, %v; want tempfail busy", v, err)
+	}
+	close(b.block)
+	if v := <-first; v.Outcome != auth.Reject {
+		t.Fatalf("first request: %+v", v)
+	}
+}
+
+func TestRequestTimeoutBoundsBackend(t *testing.T) {
+	b := &backend{block: make(chan struct{})}
+	defer close(b.block)
+	path := startServer(t, &Server{Backend: b, RequestTimeout: 100 * time.Millisecond})
+	c := &Client{Path: path, Timeout: 5 * time.Second}
+	v, err := c.Authenticate(context.Background(), auth.Request{User: "x", Password: "y"})
+	if err != nil || v.Outcome != auth.TempFail {
+		t.Fatalf("got %+v, %v; want the backend's tempfail after RequestTimeout", v, err)
+	}
+}
+
+func TestBadRequestsAreDropped(t *testing.T) {
+	b := &backend{}
+	path := startServer(t, &Server{Backend: b, MaxFieldSize: 16, IOTimeout: 200 * time.Millisecond})
+	send := func(msg []byte) []byte {
+		t.Helper()
+		conn, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(3 * time.Second))
+		conn.Write(msg)
+		out, _ := io.ReadAll(conn)
+		return out
+	}
+	long, _ := appendRequest(nil, OpAuth, auth.Request{User: strings.Repeat("u", 17), Password: "p"})
+	badOp, _ := appendRequest(nil, "delete", auth.Request{User: "u"})
+	saslauthd := []byte("\x00\x05alice\x00\x02pw\x00\x04imap\x00\x00")
+	for name, msg := range map[string][]byte{
+		"field too long": long, "unknown op": badOp, "saslauthd request": saslauthd,
+		"truncated": []byte("\x00\x04MAC1\x00\x04au"),
+	} {
+		if out := send(msg); len(out) != 0 {
+			t.Errorf("%s: got reply %q, want the connection closed", name, out)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.seen) != 0 {
+		t.Fatalf("backend saw %d bad requests", len(b.seen))
+	}
+}
+
+func TestShutdownWaitsThenCancels(t *testing.T) {
+	b := &backend{block: make(chan struct{})}
+	s := &Server{Backend: b, Logger: quietLogger()}
+	path := filepath.Join(t.TempDir(), "control")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	got := make(chan auth.Verdict, 1)
+	go func() {
+		v, _ := (&Client{Path: path}).Authenticate(context.Background(), auth.Request{User: "x", Password: "y"})
+		got <- v
+	}()
+	for i := 0; ; i++ {
+		b.mu.Lock()
+		n := len(b.seen)
+		b.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if i > 500 {
+			t.Fatal("request never reached the backend")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want deadline exceeded with a request in flight", err)
+	}
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve = %v", err)
+	}
+	if v := <-got; v.Outcome != auth.TempFail {
+		t.Fatalf("in-flight request got %+v, want TempFail", v)
+	}
+	if _, err := (&Client{Path: path}).Lookup(context.Background(), auth.Request{User: "x"}); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("after shutdown: %v, want ErrNotRunning", err)
+	}
+}
+
+func FuzzReadVerdict(f *testing.F) {
+	good, _ := appendVerdict(nil, "accept", auth.Accepted("dn", map[string][]string{"a": {"1", "2"}}))
+	f.Add(good)
+	f.Add([]byte("\x00\x04MAC1\x00\x06reject"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		outcome, v, err := readVerdict(io.LimitReader(bytes.NewReader(b), MaxReplySize))
+		if err != nil {
+			return
+		}
+		// Whatever decodes must encode back to the same bytes prefix.
+		again, err := appendVerdict(nil, outcome, v)
+		if err != nil {
+			t.Fatalf("decoded verdict does not re-encode: %v", err)
+		}
+		if !bytes.HasPrefix(b, again) {
+			t.Fatalf("re-encoding differs:\n%q\n%q", b, again)
+		}
+	})
+}
+
+func FuzzReadRequest(f *testing.F) {
+	good, _ := appendRequest(nil, OpAuth, auth.Request{User: "alice", Password: "pw", Service: "imap"})
+	f.Add(good)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := readRequest(bytes.NewReader(b), 64)
+		if err != nil {
+			return
+		}
+		again, err := appendRequest(nil, r.Op, r.Req)
+		if err != nil || !bytes.HasPrefix(b, again) {
+			t.Fatalf("request %q re-encodes to %q (%v)", b, again, err)
+		}
+	})
+}

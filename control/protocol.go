@@ -1,0 +1,266 @@
+// Package control is mailauthd's private Unix-socket protocol between the
+// daemon and its own helpers: "mailauthd checkpassword" asks the running
+// daemon for the LDAP decision (sharing its connection pool and cache
+// instead of dialing LDAP once per Dovecot login), and "mailauthd cache
+// flush" empties the daemon's cache.
+//
+// Wire format: one request per connection. Every item is a counted string
+// (2-byte big-endian length, then the bytes), the framing of the Cyrus
+// saslauthd protocol. It is written here rather than imported from package
+// saslauthd so that the two protocols can evolve apart.
+//
+//	request:  "MAC1" op user password service realm client-addr
+//	reply:    "MAC1" outcome reason unknown dn n-attrs
+//	          { name n-values { value } }
+//
+// op is "auth", "lookup" or "flush". outcome is "accept", "reject",
+// "tempfail" (auth, lookup) or "ok", "error" (flush). unknown is "1" when a
+// reject means "no such user". Counts are decimal.
+package control
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// magic starts every request and reply, so a client talking to the wrong
+// socket (a saslauthd mux) fails clearly instead of misreading a reply.
+const magic = "MAC1"
+
+// Ops.
+const (
+	OpAuth   = "auth"
+	OpLookup = "lookup"
+	OpFlush  = "flush"
+)
+
+// Limits.
+const (
+	// DefaultMaxFieldSize bounds each request field.
+	DefaultMaxFieldSize = 1024
+	// MaxReplySize bounds a whole reply; a verdict is a DN and a handful of
+	// attributes.
+	MaxReplySize = 64 << 10
+	// MaxAttributes and MaxValues bound the attribute part of a reply.
+	MaxAttributes = 128
+	MaxValues     = 128
+	maxCounted    = 0xFFFF
+)
+
+var (
+	// ErrFieldTooLong means a counted string exceeds its limit.
+	ErrFieldTooLong = errors.New("control: field too long")
+	// ErrProtocol means the peer sent something that is not this protocol.
+	ErrProtocol = errors.New("control: protocol error")
+)
+
+func appendCounted(dst []byte, s string) ([]byte, error) {
+	if len(s) > maxCounted {
+		return dst, fmt.Errorf("%d bytes: %w", len(s), ErrFieldTooLong)
+	}
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(s)))
+	return append(dst, s...), nil
+}
+
+// readCounted reads one counted string of at most max bytes, checking the
+// length before allocating.
+func readCounted(r io.Reader, max int) (string, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			return "", io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	l := int(binary.BigEndian.Uint16(hdr[:]))
+	if l > max {
+		return "", fmt.Errorf("%d bytes > %d: %w", l, max, ErrFieldTooLong)
+	}
+	if l == 0 {
+		return "", nil
+	}
+	b := make([]byte, l)
+	if _, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			return "", io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	return string(b), nil
+}
+
+// request is one decoded request.
+type request struct {
+	Op  string
+	Req auth.Request
+}
+
+func appendRequest(dst []byte, op string, req auth.Request) ([]byte, error) {
+	var err error
+	for _, s := range []string{magic, op, req.User, req.Password, req.Service, req.Realm, req.ClientAddr} {
+		if dst, err = appendCounted(dst, s); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+func readRequest(r io.Reader, maxField int) (request, error) {
+	var f [7]string
+	for i := range f {
+		s, err := readCounted(r, maxField)
+		if err != nil {
+			return request{}, err
+		}
+		f[i] = s
+		if i == 0 && s != magic {
+			return request{}, fmt.Errorf("%w: bad magic", ErrProtocol)
+		}
+	}
+	switch f[1] {
+	case OpAuth, OpLookup, OpFlush:
+	default:
+		return request{}, fmt.Errorf("%w: unknown op %q", ErrProtocol, f[1])
+	}
+	return request{Op: f[1], Req: auth.Request{User: f[2], Password: f[3], Service: f[4], Realm: f[5], ClientAddr: f[6]}}, nil
+}
+
+func outcomeString(o auth.Outcome) string {
+	switch o {
+	case auth.Accept:
+		return "accept"
+	case auth.TempFail:
+		return "tempfail"
+	default:
+		return "reject"
+	}
+}
+
+// appendVerdict encodes v. Attribute names are sent sorted so a reply is
+// deterministic. A verdict that does not fit the limits is an error; the
+// server then answers tempfail rather than a cut-down verdict.
+func appendVerdict(dst []byte, outcome string, v auth.Verdict) ([]byte, error) {
+	unknown := "0"
+	if v.UserUnknown {
+		unknown = "1"
+	}
+	if len(v.Attributes) > MaxAttributes {
+		return dst, fmt.Errorf("%d attributes > %d: %w", len(v.Attributes), MaxAttributes, ErrFieldTooLong)
+	}
+	names := make([]string, 0, len(v.Attributes))
+	for k := range v.Attributes {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var err error
+	for _, s := range []string{magic, outcome, v.Reason, unknown, v.DN, strconv.Itoa(len(names))} {
+		if dst, err = appendCounted(dst, s); err != nil {
+			return dst, err
+		}
+	}
+	for _, k := range names {
+		vals := v.Attributes[k]
+		if len(vals) > MaxValues {
+			return dst, fmt.Errorf("attribute %s: %d values > %d: %w", k, len(vals), MaxValues, ErrFieldTooLong)
+		}
+		if dst, err = appendCounted(dst, k); err != nil {
+			return dst, err
+		}
+		if dst, err = appendCounted(dst, strconv.Itoa(len(vals))); err != nil {
+			return dst, err
+		}
+		for _, val := range vals {
+			if dst, err = appendCounted(dst, val); err != nil {
+				return dst, err
+			}
+		}
+	}
+	if len(dst) > MaxReplySize {
+		return dst, fmt.Errorf("reply of %d bytes > %d: %w", len(dst), MaxReplySize, ErrFieldTooLong)
+	}
+	return dst, nil
+}
+
+// readVerdict decodes a reply; r must already be limited to MaxReplySize.
+// It returns the outcome word as sent (for flush) and the verdict.
+func readVerdict(r io.Reader) (string, auth.Verdict, error) {
+	var head [6]string
+	for i := range head {
+		s, err := readCounted(r, maxCounted)
+		if err != nil {
+			return "", auth.Verdict{}, err
+		}
+		head[i] = s
+		if i == 0 && s != magic {
+			return "", auth.Verdict{}, fmt.Errorf("%w: bad magic in reply", ErrProtocol)
+		}
+	}
+	v := auth.Verdict{Reason: head[2], DN: head[4]}
+	switch head[1] {
+	case "accept":
+		v.Outcome = auth.Accept
+	case "reject", "error":
+		v.Outcome = auth.Reject
+	case "tempfail":
+		v.Outcome = auth.TempFail
+	case "ok":
+		// flush only; the outcome word tells the caller.
+	default:
+		return "", auth.Verdict{}, fmt.Errorf("%w: unknown outcome %q", ErrProtocol, head[1])
+	}
+	switch head[3] {
+	case "0":
+	case "1":
+		v.UserUnknown = true
+	default:
+		return "", auth.Verdict{}, fmt.Errorf("%w: bad unknown flag %q", ErrProtocol, head[3])
+	}
+	n, err := parseCount(head[5], MaxAttributes)
+	if err != nil {
+		return "", auth.Verdict{}, err
+	}
+	if n > 0 {
+		v.Attributes = make(map[string][]string, n)
+	}
+	for range n {
+		name, err := readCounted(r, maxCounted)
+		if err != nil {
+			return "", auth.Verdict{}, err
+		}
+		cs, err := readCounted(r, 8)
+		if err != nil {
+			return "", auth.Verdict{}, err
+		}
+		nv, err := parseCount(cs, MaxValues)
+		if err != nil {
+			return "", auth.Verdict{}, err
+		}
+		vals := make([]string, 0, nv)
+		for range nv {
+			s, err := readCounted(r, maxCounted)
+			if err != nil {
+				return "", auth.Verdict{}, err
+			}
+			vals = append(vals, s)
+		}
+		if _, dup := v.Attributes[name]; dup {
+			return "", auth.Verdict{}, fmt.Errorf("%w: attribute %q twice", ErrProtocol, name)
+		}
+		v.Attributes[name] = vals
+	}
+	return head[1], v, nil
+}
+
+func parseCount(s string, max int) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > max || strconv.Itoa(n) != s {
+		return 0, fmt.Errorf("%w: bad count %q", ErrProtocol, s)
+	}
+	return n, nil
+}

@@ -1,0 +1,275 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// Backend is the decision the daemon shares: ldapauth.Authenticator, or the
+// cache in front of it.
+type Backend interface {
+	Authenticate(ctx context.Context, req auth.Request) auth.Verdict
+	Lookup(ctx context.Context, req auth.Request) auth.Verdict
+}
+
+// Flusher is implemented by backends with a cache; op "flush" calls it.
+type Flusher interface {
+	Flush()
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("control: server closed")
+
+// Defaults for the zero Server settings.
+const (
+	DefaultMaxConnections = 64
+	DefaultRequestTimeout = 10 * time.Second
+	DefaultIOTimeout      = 5 * time.Second
+)
+
+// Server answers control requests on Unix sockets. Set the exported fields
+// before Serve; the zero values give the defaults. Access control is the
+// socket's file mode: a peer that can connect can check passwords and look
+// users up, so only the daemon's own helpers (Dovecot's auth process, root)
+// may reach it.
+type Server struct {
+	Backend Backend
+	Logger  *slog.Logger // nil: slog.Default()
+	// MaxConnections bounds concurrent requests; one more is answered
+	// "tempfail: busy" at once rather than queued.
+	MaxConnections int
+	// RequestTimeout bounds the backend's decision for one request.
+	RequestTimeout time.Duration
+	// IOTimeout bounds reading the request and writing the reply.
+	IOTimeout time.Duration
+	// MaxFieldSize bounds each request field (user, password, ...).
+	MaxFieldSize int
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closed    bool
+	sem       chan struct{}
+	wg        sync.WaitGroup
+	baseCtx   context.Context
+	cancel    context.CancelFunc
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) init() {
+	if s.sem != nil {
+		return
+	}
+	n := s.MaxConnections
+	if n <= 0 {
+		n = DefaultMaxConnections
+	}
+	s.sem = make(chan struct{}, n)
+	s.listeners = map[net.Listener]struct{}{}
+	s.conns = map[net.Conn]struct{}{}
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+}
+
+// Serve accepts connections on l until Shutdown; it closes l when it
+// returns. It returns ErrServerClosed after Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	if s.Backend == nil {
+		return errors.New("control: Server.Backend is nil")
+	}
+	s.mu.Lock()
+	s.init()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			if retryableAccept(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.logger().Warn("control: accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if !s.track(c) {
+			c.Close()
+			return ErrServerClosed
+		}
+		select {
+		case s.sem <- struct{}{}:
+			go func() {
+				defer func() { <-s.sem }()
+				s.serveConn(c)
+			}()
+		default:
+			// Full: answer at once so the helper exits 111 now instead of
+			// waiting out its timeout in a queue.
+			go s.refuseBusy(c)
+		}
+	}
+}
+
+// retryableAccept tells accept errors worth retrying (EMFILE, ECONNABORTED
+// and friends: syscall.Errno.Temporary) from a dead listener.
+func retryableAccept(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+	s.wg.Done()
+}
+
+func (s *Server) ioTimeout() time.Duration {
+	if s.IOTimeout > 0 {
+		return s.IOTimeout
+	}
+	return DefaultIOTimeout
+}
+
+func (s *Server) refuseBusy(c net.Conn) {
+	defer s.untrack(c)
+	c.SetDeadline(time.Now().Add(s.ioTimeout()))
+	s.logger().Warn("control: refused a request", "reason", "busy", "max_connections", cap(s.sem))
+	if b, err := appendVerdict(nil, "tempfail", auth.TempFailed("mailauthd busy")); err == nil {
+		c.Write(b)
+	}
+	// Take the request before closing: closing a Unix socket with unread
+	// data can make the client's write fail before it sees our answer.
+	maxField := s.MaxFieldSize
+	if maxField <= 0 {
+		maxField = DefaultMaxFieldSize
+	}
+	readRequest(c, maxField)
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	defer s.untrack(c)
+	maxField := s.MaxFieldSize
+	if maxField <= 0 {
+		maxField = DefaultMaxFieldSize
+	}
+	c.SetReadDeadline(time.Now().Add(s.ioTimeout()))
+	r, err := readRequest(c, maxField)
+	if err != nil {
+		// No reply: the peer is not speaking this protocol, or gave up.
+		s.logger().Warn("control: bad request", "err", err)
+		return
+	}
+	timeout := s.RequestTimeout
+	if timeout <= 0 {
+		timeout = DefaultRequestTimeout
+	}
+	ctx, cancel := context.WithTimeout(s.baseCtx, timeout)
+	defer cancel()
+
+	var reply []byte
+	switch r.Op {
+	case OpFlush:
+		outcome, reason := "ok", "flushed"
+		if f, ok := s.Backend.(Flusher); ok {
+			f.Flush()
+			s.logger().Info("control: cache flushed")
+		} else {
+			outcome, reason = "error", "no cache configured"
+		}
+		reply, err = appendVerdict(nil, outcome, auth.Verdict{Reason: reason})
+	default:
+		var v auth.Verdict
+		if r.Op == OpAuth {
+			v = s.Backend.Authenticate(ctx, r.Req)
+		} else {
+			r.Req.Password = ""
+			v = s.Backend.Lookup(ctx, r.Req)
+		}
+		reply, err = appendVerdict(nil, outcomeString(v.Outcome), v)
+		if err != nil {
+			s.logger().Warn("control: verdict too large; answering tempfail", "user", r.Req.User, "err", err)
+			reply, err = appendVerdict(nil, "tempfail", auth.TempFailed("verdict too large"))
+		}
+	}
+	r.Req.Password = ""
+	if err != nil {
+		return
+	}
+	c.SetWriteDeadline(time.Now().Add(s.ioTimeout()))
+	if _, err := c.Write(reply); err != nil {
+		s.logger().Warn("control: writing reply", "user", r.Req.User, "err", err)
+	}
+}
+
+// Shutdown stops accepting, lets in-flight requests finish until ctx is
+// done, then cancels their decisions and closes their connections.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.init()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.cancel()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,345 @@
+// Package ldapauth decides logins against LDAP: search the user (service
+// account or anonymous), bind as the entry found, then apply host, service
+// and extra-filter access rules. Every doubt fails closed: LDAP errors and
+// timeouts are TempFail, never Accept; only "invalid credentials" from the
+// server is a wrong password.
+package ldapauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/go-ldap/ldap/v3"
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// Input limits: far above real logins, low enough to bound the work.
+const (
+	maxUserLen     = 1024
+	maxPasswordLen = 4096
+)
+
+// Authenticator is safe for concurrent use.
+type Authenticator struct {
+	cfg    Config
+	access AccessConfig
+	log    *slog.Logger
+
+	servers       []*server
+	search, bind  *pool
+	hostnames     []string
+	scope         int
+	attrs         []string // fetched with the user: host, service, cfg.Attributes
+	baseHasTokens bool
+	closed        atomic.Bool
+}
+
+var _ auth.Authenticator = (*Authenticator)(nil)
+
+// Hostnames are the names host values are matched against.
+func (a *Authenticator) Hostnames() []string { return append([]string(nil), a.hostnames...) }
+
+// Close closes idle connections; requests after Close fail with TempFail.
+func (a *Authenticator) Close() error {
+	a.closed.Store(true)
+	a.search.drain()
+	a.bind.drain()
+	return nil
+}
+
+const reasonAmbiguous = "ambiguous: several entries"
+
+type mode int
+
+const (
+	modeAuth mode = iota
+	modeLookup
+)
+
+// Authenticate verifies req.Password for req.User and applies the access rules.
+func (a *Authenticator) Authenticate(ctx context.Context, req auth.Request) auth.Verdict {
+	return a.decide(ctx, req, modeAuth, nil)
+}
+
+// Lookup finds the user and applies the access rules without a password:
+// Accept with DN and Attributes, Reject with UserUnknown when there is no
+// entry, Reject on policy, TempFail on errors.
+func (a *Authenticator) Lookup(ctx context.Context, req auth.Request) auth.Verdict {
+	return a.decide(ctx, req, modeLookup, nil)
+}
+
+// Explain makes the same decision as Authenticate (or Lookup when
+// req.Password is empty), writing each step to w for an administrator.
+func (a *Authenticator) Explain(ctx context.Context, req auth.Request, w io.Writer) auth.Verdict {
+	m := modeAuth
+	if req.Password == "" {
+		m = modeLookup
+		fmt.Fprintln(w, "no password given: lookup only (no bind as the user)")
+	}
+	v := a.decide(ctx, req, m, &explainer{w: w})
+	fmt.Fprintf(w, "verdict: %s (%s)\n", v.Outcome, v.Reason)
+	return v
+}
+
+type explainer struct{ w io.Writer }
+
+func (e *explainer) step(format string, args ...any) {
+	if e != nil {
+		fmt.Fprintf(e.w, format+"\n", args...)
+	}
+}
+
+// decision carries the details of one request for the debug log line.
+type decision struct {
+	user, service, dn, detail string
+}
+
+func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex *explainer) auth.Verdict {
+	d := decision{user: req.User, service: req.Service}
+	v := a.decideInner(ctx, req, m, ex, &d)
+	if v.Outcome == auth.Reject && v.Reason == reasonAmbiguous {
+		a.log.Warn("ldap: login matches several entries", "user", d.user, "detail", d.detail)
+	}
+	if a.log.Enabled(ctx, slog.LevelDebug) {
+		op := "authenticate"
+		if m == modeLookup {
+			op = "lookup"
+		}
+		a.log.LogAttrs(ctx, slog.LevelDebug, "ldap decision",
+			slog.String("op", op), slog.String("user", d.user), slog.String("service", d.service),
+			slog.String("outcome", v.Outcome.String()), slog.String("reason", v.Reason),
+			slog.String("dn", d.dn), slog.String("detail", d.detail))
+	}
+	return v
+}
+
+func unknownUser() auth.Verdict {
+	return auth.Verdict{Outcome: auth.Reject, Reason: "unknown user", UserUnknown: true}
+}
+
+func (a *Authenticator) unavailable(err error) auth.Verdict {
+	switch {
+	case errors.Is(err, errBusy):
+		return auth.TempFailed("ldap unavailable: all connections busy")
+	case errors.Is(err, errClosed):
+		return auth.TempFailed("ldap unavailable: shutting down")
+	case errors.Is(err, errServiceBind):
+		return auth.TempFailed("ldap unavailable: service account bind refused")
+	case isCertError(err):
+		return auth.TempFailed("ldap unavailable: server certificate not trusted")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return auth.TempFailed("ldap unavailable: timeout")
+	case strings.Contains(err.Error(), "timed out") || strings.Contains(err.Error(), "i/o timeout"):
+		return auth.TempFailed("ldap unavailable: timeout")
+	}
+	var le *ldap.Error
+	if errors.As(err, &le) && le.ResultCode != ldap.ErrorNetwork && le.ResultCode < ldap.ErrorNetwork {
+		return auth.TempFailed("ldap unavailable: result " + strconv.Itoa(int(le.ResultCode)))
+	}
+	return auth.TempFailed("ldap unavailable: connection failed")
+}
+
+func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision) auth.Verdict {
+	// Input checks come before any LDAP traffic. An empty password must
+	// never reach a bind: RFC 4513 makes it an unauthenticated bind, which
+	// servers may answer with success.
+	if req.User == "" {
+		return auth.Rejected("empty user")
+	}
+	if len(req.User) > maxUserLen || len(req.Realm) > maxUserLen || len(req.Service) > maxUserLen {
+		return auth.Rejected("user too long")
+	}
+	if strings.IndexByte(req.User, 0) >= 0 || strings.IndexByte(req.Realm, 0) >= 0 || strings.IndexByte(req.Service, 0) >= 0 {
+		return auth.Rejected("invalid user")
+	}
+	if m == modeAuth {
+		if req.Password == "" {
+			return auth.Rejected("empty password")
+		}
+		if len(req.Password) > maxPasswordLen {
+			return auth.Rejected("password too long")
+		}
+		if strings.IndexByte(req.Password, 0) >= 0 {
+			return auth.Rejected("invalid password")
+		}
+	}
+	if a.closed.Load() {
+		return a.unavailable(errClosed)
+	}
+
+	tv := requestValues(req, a.cfg.DefaultRealm)
+	var buf [256]byte
+	fb, err := expand(buf[:0], a.cfg.Filter, &tv, ldap.EscapeFilter)
+	if err != nil {
+		d.detail = "filter: " + err.Error()
+		ex.step("filter %s: %v: no entry can match", a.cfg.Filter, err)
+		return unknownUser()
+	}
+	filter := string(fb)
+	base := a.cfg.Base
+	if a.baseHasTokens {
+		bb, err := expand(nil, base, &tv, ldap.EscapeDN)
+		if err != nil {
+			d.detail = "base: " + err.Error()
+			ex.step("base %s: %v: no entry can match", a.cfg.Base, err)
+			return unknownUser()
+		}
+		base = string(bb)
+	}
+
+	// 1. Find the user (and the access attributes in the same search).
+	sreq := ldap.NewSearchRequest(base, a.scope, ldap.NeverDerefAliases, 2, a.timeLimit(), false, filter, a.attrs, nil)
+	var res *ldap.SearchResult
+	srv, err := a.do(ctx, a.search, func(c *ldap.Conn) error {
+		var err error
+		res, err = c.Search(sreq)
+		return err
+	})
+	n := 0
+	if res != nil {
+		n = len(res.Entries)
+	}
+	switch {
+	case err == nil:
+	case ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded):
+		if n < 2 {
+			n = 2
+		}
+	case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject):
+		n = 0
+	default:
+		d.detail = "search: " + err.Error()
+		ex.step("LDAP search failed: %v", err)
+		return a.unavailable(err)
+	}
+	ex.step("LDAP reachable: %s (search %s)", srv.url, a.searchIdentity())
+	if n == 0 {
+		d.detail = "no entry for " + filter
+		ex.step("user not found: filter %s under %s", filter, base)
+		return unknownUser()
+	}
+	if n > 1 {
+		d.detail = strconv.Itoa(n) + "+ entries for " + filter
+		ex.step("ambiguous: %d or more entries match %s under %s: refused", n, filter, base)
+		return auth.Rejected(reasonAmbiguous)
+	}
+	entry := res.Entries[0]
+	d.dn = entry.DN
+	ex.step("user found: %s", entry.DN)
+
+	// 2. The password, as the user, on a bind connection.
+	if m == modeAuth {
+		bsrv, err := a.do(ctx, a.bind, func(c *ldap.Conn) error { return c.Bind(entry.DN, req.Password) })
+		if err != nil {
+			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
+				d.detail = "invalid credentials"
+				ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
+				return auth.Rejected("wrong password")
+			}
+			d.detail = "bind: " + err.Error()
+			ex.step("password: could not check (bind failed: %v)", err)
+			return a.unavailable(err)
+		}
+		ex.step("password: ok (bind as user on %s)", bsrv.url)
+	}
+
+	// 3. Access rules.
+	if a.access.HostAttribute != "" {
+		vals := entry.GetEqualFoldAttributeValues(a.access.HostAttribute)
+		if len(vals) == 0 && a.access.AllowMissingHost {
+			ex.step("host rule: no %s value, allowed (allow_missing_host)", a.access.HostAttribute)
+		} else {
+			ok, why := MatchHost(vals, a.hostnames)
+			ex.step("host rule: %s %v against this host %v: %s", a.access.HostAttribute, vals, a.hostnames, why)
+			if !ok {
+				d.detail = "host: " + why
+				return auth.Rejected("host not allowed: " + why)
+			}
+		}
+	} else {
+		ex.step("host rule: off")
+	}
+	if a.access.ServiceAttribute != "" {
+		vals := entry.GetEqualFoldAttributeValues(a.access.ServiceAttribute)
+		ok, why := MatchHost(vals, []string{req.Service})
+		ex.step("service rule: %s %v against service %q: %s", a.access.ServiceAttribute, vals, req.Service, why)
+		if !ok {
+			d.detail = "service: " + why
+			return auth.Rejected("service not allowed: " + why)
+		}
+	} else {
+		ex.step("service rule: off")
+	}
+	if len(a.access.Filters) > 0 {
+		tv.access, tv.dn = true, entry.DN
+		if len(a.hostnames) > 0 {
+			tv.host = a.hostnames[0]
+		}
+		for i, tmpl := range a.access.Filters {
+			v, ok := a.checkFilter(ctx, i, tmpl, &tv, ex, d)
+			if !ok {
+				return v
+			}
+		}
+	}
+
+	attrs := make(map[string][]string, len(entry.Attributes))
+	for _, at := range entry.Attributes {
+		attrs[strings.ToLower(at.Name)] = at.Values
+	}
+	d.detail = "ok"
+	return auth.Accepted(entry.DN, attrs)
+}
+
+// checkFilter runs access filter i with the user's DN as base, scope base:
+// the entry must come back.
+func (a *Authenticator) checkFilter(ctx context.Context, i int, tmpl string, tv *tokenValues, ex *explainer, d *decision) (auth.Verdict, bool) {
+	fb, err := expand(nil, tmpl, tv, ldap.EscapeFilter)
+	if err != nil {
+		d.detail = "access filter " + tmpl + ": " + err.Error()
+		ex.step("filter %d %s: %v: refused", i+1, tmpl, err)
+		return auth.Rejected("access filter not matched: " + tmpl), false
+	}
+	f := string(fb)
+	sreq := ldap.NewSearchRequest(tv.dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1, a.timeLimit(), false, f, []string{"1.1"}, nil)
+	var res *ldap.SearchResult
+	_, err = a.do(ctx, a.search, func(c *ldap.Conn) error {
+		var err error
+		res, err = c.Search(sreq)
+		return err
+	})
+	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+		d.detail = "access filter search: " + err.Error()
+		ex.step("filter %d %s: search failed: %v", i+1, f, err)
+		return a.unavailable(err), false
+	}
+	if err != nil || res == nil || len(res.Entries) != 1 {
+		d.detail = "access filter not matched: " + f
+		ex.step("filter %d %s: no match: refused", i+1, f)
+		return auth.Rejected("access filter not matched: " + tmpl), false
+	}
+	ex.step("filter %d %s: ok", i+1, f)
+	return auth.Verdict{}, true
+}
+
+// timeLimit is the server-side search time limit in whole seconds (>= 1).
+func (a *Authenticator) timeLimit() int {
+	s := int((a.cfg.Timeout + 999_999_999) / 1_000_000_000)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+func (a *Authenticator) searchIdentity() string {
+	if a.cfg.BindDN == "" {
+		return "anonymously"
+	}
+	return "as " + a.cfg.BindDN
+}

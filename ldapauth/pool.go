@@ -1,0 +1,295 @@
+package ldapauth
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// downFor is how long a server that failed is skipped while another one
+// answers, so a dead first URL does not cost a dial on every request.
+const downFor = 30 * time.Second
+
+type server struct {
+	url       string
+	addr      string // host:port
+	ldaps     bool
+	tls       *tls.Config // nil: no TLS
+	downUntil atomic.Int64
+}
+
+func (s *server) markDown() { s.downUntil.Store(time.Now().Add(downFor).UnixNano()) }
+func (s *server) isDown(now time.Time) bool {
+	return now.UnixNano() < s.downUntil.Load()
+}
+
+type role int
+
+const (
+	roleSearch role = iota // bound as the service account (or anonymous); searches
+	roleBind               // user binds only; left bound as whoever bound last
+)
+
+func (r role) String() string {
+	if r == roleSearch {
+		return "search"
+	}
+	return "bind"
+}
+
+// conn is one LDAP connection with the net.Conn under it, whose deadline
+// bounds every operation (go-ldap has no per-operation context).
+type conn struct {
+	lc     *ldap.Conn
+	nc     net.Conn
+	srv    *server
+	reused bool // came from the idle pool (may be stale)
+	broken bool // must not be reused
+}
+
+func (c *conn) close() { c.lc.Close() }
+
+// pool keeps up to PoolSize idle connections of one role and lets at most
+// MaxConns be in use at once.
+type pool struct {
+	a     *Authenticator
+	role  role
+	idle  chan *conn
+	slots chan struct{}
+}
+
+func newPool(a *Authenticator, r role) *pool {
+	return &pool{a: a, role: r, idle: make(chan *conn, a.cfg.PoolSize), slots: make(chan struct{}, a.cfg.MaxConns)}
+}
+
+var errBusy = errors.New("all LDAP connections busy")
+var errClosed = errors.New("authenticator closed")
+
+// get returns an idle connection or dials a new one. It waits for a free
+// slot at most until ctx ends or the configured timeout passes.
+func (p *pool) get(ctx context.Context) (*conn, error) {
+	select {
+	case p.slots <- struct{}{}:
+	default:
+		t := time.NewTimer(p.a.cfg.Timeout)
+		select {
+		case p.slots <- struct{}{}:
+			t.Stop()
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errBusy
+		case <-t.C:
+			return nil, errBusy
+		}
+	}
+	if p.a.closed.Load() {
+		<-p.slots
+		return nil, errClosed
+	}
+	for {
+		select {
+		case c := <-p.idle:
+			if c.lc.IsClosing() { // the server went away while it idled
+				c.close()
+				continue
+			}
+			c.reused = true
+			return c, nil
+		default:
+		}
+		c, err := p.a.dial(ctx, p.role)
+		if err != nil {
+			<-p.slots
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
+// put returns c to the idle pool, or closes it if it is broken or the pool is full.
+func (p *pool) put(c *conn) {
+	if c.broken || c.lc.IsClosing() || p.a.closed.Load() {
+		c.close()
+	} else {
+		select {
+		case p.idle <- c:
+		default:
+			c.close()
+		}
+	}
+	<-p.slots
+}
+
+func (p *pool) drain() {
+	for {
+		select {
+		case c := <-p.idle:
+			c.close()
+		default:
+			return
+		}
+	}
+}
+
+// opDeadline is the earlier of now+timeout and ctx's deadline.
+func opDeadline(ctx context.Context, timeout time.Duration) time.Time {
+	d := time.Now().Add(timeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		return cd
+	}
+	return d
+}
+
+// dial connects to the first usable server: servers not recently failed
+// first, in configured order, then the failed ones (better to try than to
+// give up while one may be back).
+func (a *Authenticator) dial(ctx context.Context, r role) (*conn, error) {
+	now := time.Now()
+	var lastErr error
+	for pass := 0; pass < 2; pass++ {
+		for _, s := range a.servers {
+			if s.isDown(now) != (pass == 1) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				if lastErr == nil {
+					lastErr = err
+				}
+				return nil, lastErr
+			}
+			c, err := a.dialServer(ctx, s, r)
+			if err == nil {
+				return c, nil
+			}
+			s.markDown()
+			lastErr = fmt.Errorf("%s: %w", s.url, err)
+			a.log.Debug("ldap server failed", "url", s.url, "role", r.String(), "err", err)
+		}
+	}
+	return nil, lastErr
+}
+
+// errServiceBind marks a refused service-account bind: a configuration
+// problem, not a connection problem.
+var errServiceBind = errors.New("service account bind refused")
+
+func (a *Authenticator) dialServer(ctx context.Context, s *server, r role) (*conn, error) {
+	deadline := opDeadline(ctx, a.cfg.Timeout)
+	d := net.Dialer{Deadline: deadline}
+	nc, err := d.DialContext(ctx, "tcp", s.addr)
+	if err != nil {
+		return nil, err
+	}
+	// One deadline covers TLS handshake, StartTLS and the service bind.
+	nc.SetDeadline(deadline)
+	if s.ldaps {
+		tc := tls.Client(nc, s.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		nc = tc
+	}
+	lc := ldap.NewConn(nc, s.ldaps)
+	lc.Start()
+	c := &conn{lc: lc, nc: nc, srv: s}
+	if s.tls != nil && !s.ldaps {
+		if err := lc.StartTLS(s.tls); err != nil {
+			lc.Close()
+			return nil, fmt.Errorf("StartTLS: %w", err)
+		}
+	}
+	if r == roleSearch && a.cfg.BindDN != "" {
+		if err := lc.Bind(a.cfg.BindDN, a.cfg.BindPassword); err != nil {
+			lc.Close()
+			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
+				return nil, fmt.Errorf("%w (%s)", errServiceBind, a.cfg.BindDN)
+			}
+			return nil, err
+		}
+	}
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		lc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+var longAgo = time.Unix(1, 0)
+
+// run performs f on c with the operation deadline set on the connection;
+// ctx cancellation also interrupts it. timedOut reports that the deadline
+// (not the server) ended the operation.
+func (a *Authenticator) run(ctx context.Context, c *conn, f func(*ldap.Conn) error) (timedOut bool, err error) {
+	deadline := opDeadline(ctx, a.cfg.Timeout)
+	c.nc.SetDeadline(deadline)
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
+	}
+	err = f(c.lc)
+	if stop != nil && !stop() {
+		c.broken = true // the cancel may set its deadline at any moment now
+	}
+	if err != nil && !time.Now().Before(deadline) {
+		timedOut = true
+	}
+	if !c.broken {
+		c.nc.SetDeadline(time.Time{})
+	}
+	return timedOut, err
+}
+
+// isConnErr tells connection failures (retry elsewhere) from LDAP results
+// the server sent (final answers).
+func isConnErr(err error, c *conn) bool {
+	return ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || c.lc.IsClosing()
+}
+
+// do runs f on a connection of pool p. A stale pooled connection (the
+// server restarted) gets one retry on a fresh connection; timeouts and LDAP
+// results (invalid credentials above all) are never retried.
+func (a *Authenticator) do(ctx context.Context, p *pool, f func(*ldap.Conn) error) (srv *server, err error) {
+	for attempt := 0; ; attempt++ {
+		c, err := p.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		timedOut, err := a.run(ctx, c, f)
+		if err == nil || !isConnErr(err, c) {
+			p.put(c)
+			return c.srv, err
+		}
+		c.broken = true
+		p.put(c)
+		if timedOut || !c.reused {
+			c.srv.markDown()
+		}
+		if timedOut || !c.reused || attempt > 0 || ctx.Err() != nil {
+			if timedOut {
+				err = fmt.Errorf("%s: timed out: %w", c.srv.url, err)
+			} else {
+				err = fmt.Errorf("%s: %w", c.srv.url, err)
+			}
+			return c.srv, err
+		}
+	}
+}
+
+// isCertError reports a refused server certificate, found through the
+// wrapping go-ldap does (it formats StartTLS errors with %v).
+func isCertError(err error) bool {
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &cv) {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "x509:") || strings.Contains(s, "failed to verify certificate")
+}

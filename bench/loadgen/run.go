@@ -1,0 +1,373 @@
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// Result is one measured cell, one JSON line in the results file.
+type Result struct {
+	Label       string  `json:"label"`
+	Mode        string  `json:"mode"`
+	Concurrency int     `json:"c"`
+	Seconds     float64 `json:"seconds"`
+	Requests    int64   `json:"requests"`
+	Errors      int64   `json:"errors"`
+	// Mismatches are answers that were well-formed but wrong (OK for a
+	// wrong password, NO for a good one); they are included in Errors.
+	Mismatches int64   `json:"mismatches"`
+	RPS        float64 `json:"rps"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	RSSkB      int64   `json:"rss_kb,omitempty"` // VmRSS of -pid after the run
+	HWMkB      int64   `json:"hwm_kb,omitempty"` // VmHWM (peak RSS)
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+// workload picks the next user and whether to send a wrong password.
+type workload struct {
+	users   int     // uid=user0 .. user<users-1> exist, password passN
+	hot     int     // hot set: user0 .. user<hot-1>
+	hotFrac float64 // share of requests going to the hot set
+	wrong   float64 // share of requests with a wrong password
+	seq     bool    // walk users in order instead (fills a cache)
+	next    atomic.Int64
+	service string
+}
+
+func (w *workload) pick(r *rand.Rand) (user int, good bool) {
+	switch {
+	case w.seq:
+		user = int(w.next.Add(1)-1) % w.users
+	case w.hot > 0 && r.Float64() < w.hotFrac:
+		user = r.IntN(w.hot)
+	default:
+		user = r.IntN(w.users)
+	}
+	return user, r.Float64() >= w.wrong
+}
+
+func password(user int, good bool) string {
+	if good {
+		return "pass" + strconv.Itoa(user)
+	}
+	// Same length class as a real one, different value.
+	return "wrong" + strconv.Itoa(user)
+}
+
+// doer performs one authentication and reports whether it was accepted.
+// An error means no valid answer at all.
+type doer interface {
+	do(user string, pw string) (accepted bool, err error)
+	close()
+}
+
+func runLoad(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	mode := fs.String("mode", "saslauthd", "saslauthd | bind | searchbind")
+	label := fs.String("label", "", "row label in the results table")
+	socket := fs.String("socket", "", "saslauthd: socket path")
+	url := fs.String("url", "", "bind, searchbind: ldap:// URL")
+	base := fs.String("base", "ou=people,dc=example,dc=org", "bind: users are uid=userN,BASE; searchbind: search base")
+	bindDN := fs.String("binddn", "", "searchbind: service account DN (empty: anonymous)")
+	bindPW := fs.String("bindpw", "", "searchbind: service account password")
+	conc := fs.Int("c", 8, "concurrent clients (closed loop: each waits for its answer)")
+	dur := fs.Duration("d", 5*time.Second, "measured duration")
+	warm := fs.Duration("warmup", time.Second, "unmeasured warm-up before the measurement")
+	users := fs.Int("users", 10000, "users in the directory")
+	hot := fs.Int("hot", 100, "size of the hot set (user0..)")
+	hotFrac := fs.Float64("hotfrac", 0.9, "share of requests to the hot set; the rest spread over all users")
+	wrong := fs.Float64("wrong", 0.05, "share of requests with a wrong password")
+	seq := fs.Bool("seq", false, "walk all users in order (to fill a cache)")
+	service := fs.String("service", "smtp", "saslauthd service field")
+	timeout := fs.Duration("timeout", 5*time.Second, "per-request deadline; exceeding it is an error")
+	pid := fs.Int("pid", 0, "after the run, record VmRSS and VmHWM of this process")
+	out := fs.String("out", "", "append the result as a JSON line to this file (and print it)")
+	fs.Parse(args)
+	if *conc < 1 || *users < 1 || *hot > *users {
+		return errors.New("run: need -c >= 1, -users >= 1, -hot <= -users")
+	}
+
+	w := &workload{users: *users, hot: *hot, hotFrac: *hotFrac, wrong: *wrong, seq: *seq, service: *service}
+	var newDoer func() (doer, error)
+	switch *mode {
+	case "saslauthd":
+		if *socket == "" {
+			return errors.New("run: -socket required")
+		}
+		newDoer = func() (doer, error) { return &saslDoer{path: *socket, service: *service, timeout: *timeout}, nil }
+	case "bind":
+		newDoer = func() (doer, error) { return newBindDoer(*url, *base, *timeout) }
+	case "searchbind":
+		newDoer = func() (doer, error) { return newSearchBindDoer(*url, *base, *bindDN, *bindPW, *timeout) }
+	default:
+		return fmt.Errorf("run: unknown -mode %q", *mode)
+	}
+
+	doers := make([]doer, *conc)
+	for i := range doers {
+		d, err := newDoer()
+		if err != nil {
+			return fmt.Errorf("run: connect: %w", err)
+		}
+		doers[i] = d
+		defer d.close()
+	}
+
+	var (
+		measuring atomic.Bool
+		stop      atomic.Bool
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		lat       []int64
+		requests  int64
+		errs      int64
+		mismatch  int64
+		firstErr  string
+	)
+	for i, d := range doers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(i)+1, uint64(time.Now().UnixNano())))
+			local := make([]int64, 0, 1<<14)
+			var n, e, m int64
+			var fe string
+			for !stop.Load() {
+				u, good := w.pick(r)
+				t0 := time.Now()
+				ok, err := d.do("user"+strconv.Itoa(u), password(u, good))
+				el := time.Since(t0)
+				if !measuring.Load() {
+					continue
+				}
+				n++
+				local = append(local, int64(el))
+				switch {
+				case err != nil:
+					e++
+					if fe == "" {
+						fe = err.Error()
+					}
+				case ok != good:
+					e++
+					m++
+					if fe == "" {
+						fe = fmt.Sprintf("user%d with a %s password: accepted=%v", u, map[bool]string{true: "good", false: "wrong"}[good], ok)
+					}
+				}
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			requests += n
+			errs += e
+			mismatch += m
+			if firstErr == "" {
+				firstErr = fe
+			}
+			mu.Unlock()
+		}()
+	}
+	time.Sleep(*warm)
+	measuring.Store(true)
+	start := time.Now()
+	time.Sleep(*dur)
+	measuring.Store(false)
+	elapsed := time.Since(start)
+	stop.Store(true)
+	wg.Wait()
+
+	res := Result{
+		Label: *label, Mode: *mode, Concurrency: *conc, Seconds: elapsed.Seconds(),
+		Requests: requests, Errors: errs, Mismatches: mismatch, FirstError: firstErr,
+		RPS: float64(requests) / elapsed.Seconds(),
+	}
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / 1e6 }
+		res.P50ms, res.P99ms, res.MaxMs = pct(0.50), pct(0.99), pct(1)
+	}
+	if *pid > 0 {
+		res.RSSkB, res.HWMkB = procMemory(*pid)
+	}
+	line, _ := json.Marshal(res)
+	fmt.Println(string(line))
+	if *out != "" {
+		f, err := os.OpenFile(*out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.Write(append(line, '\n')); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// procMemory reads VmRSS and VmHWM (kB) from /proc/PID/status.
+func procMemory(pid int) (rss, hwm int64) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			rss = n
+		case "VmHWM":
+			hwm = n
+		}
+	}
+	return rss, hwm
+}
+
+// saslDoer speaks the saslauthd protocol exactly as released libsasl2
+// (2.1.27/2.1.28) does: a new connection per request, the four counted
+// strings login, password, service, realm in one write, one counted reply.
+type saslDoer struct {
+	path, service string
+	timeout       time.Duration
+	buf           []byte
+}
+
+func (s *saslDoer) do(user, pw string) (bool, error) {
+	c, err := net.DialTimeout("unix", s.path, s.timeout)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(s.timeout))
+	b := s.buf[:0]
+	for _, f := range [...]string{user, pw, s.service, ""} {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(f)))
+		b = append(b, f...)
+	}
+	s.buf = b
+	if _, err := c.Write(b); err != nil {
+		return false, fmt.Errorf("write: %w", err)
+	}
+	var hdr [2]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return false, fmt.Errorf("read reply: %w", err)
+	}
+	n := int(binary.BigEndian.Uint16(hdr[:]))
+	if n > 1023 {
+		return false, fmt.Errorf("reply of %d bytes", n)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c, body); err != nil {
+		return false, fmt.Errorf("read reply: %w", err)
+	}
+	switch {
+	case len(body) >= 2 && string(body[:2]) == "OK":
+		return true, nil
+	case len(body) >= 2 && string(body[:2]) == "NO":
+		return false, nil
+	}
+	return false, fmt.Errorf("reply %q is neither OK nor NO", body)
+}
+
+func (s *saslDoer) close() {}
+
+func dialLDAP(url string, timeout time.Duration) (*ldap.Conn, error) {
+	c, err := ldap.DialURL(url, ldap.DialWithDialer(&net.Dialer{Timeout: timeout}))
+	if err != nil {
+		return nil, err
+	}
+	c.SetTimeout(timeout)
+	return c, nil
+}
+
+// bindDoer is the ceiling: one simple bind per authentication on a
+// persistent connection, the DN computed without a search.
+type bindDoer struct {
+	conn *ldap.Conn
+	base string
+}
+
+func newBindDoer(url, base string, timeout time.Duration) (*bindDoer, error) {
+	c, err := dialLDAP(url, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return &bindDoer{conn: c, base: base}, nil
+}
+
+func (b *bindDoer) do(user, pw string) (bool, error) {
+	return bindResult(b.conn.Bind("uid="+ldap.EscapeDN(user)+","+b.base, pw))
+}
+
+func (b *bindDoer) close() { b.conn.Close() }
+
+func bindResult(err error) (bool, error) {
+	if err == nil {
+		return true, nil
+	}
+	if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
+		return false, nil
+	}
+	return false, err
+}
+
+// searchBindDoer is what a good LDAP authenticator does without a local
+// mirror: search for the user on a service connection, bind as the found DN
+// on a second connection; both persistent.
+type searchBindDoer struct {
+	search, bind *ldap.Conn
+	base         string
+}
+
+func newSearchBindDoer(url, base, bindDN, bindPW string, timeout time.Duration) (*searchBindDoer, error) {
+	s, err := dialLDAP(url, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if bindDN != "" {
+		if err := s.Bind(bindDN, bindPW); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("service bind: %w", err)
+		}
+	}
+	b, err := dialLDAP(url, timeout)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &searchBindDoer{search: s, bind: b, base: base}, nil
+}
+
+func (d *searchBindDoer) do(user, pw string) (bool, error) {
+	res, err := d.search.Search(ldap.NewSearchRequest(d.base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+		2, 5, false, "(uid="+ldap.EscapeFilter(user)+")", []string{"host"}, nil))
+	if err != nil {
+		return false, fmt.Errorf("search: %w", err)
+	}
+	if len(res.Entries) != 1 {
+		return false, nil
+	}
+	return bindResult(d.bind.Bind(res.Entries[0].DN, pw))
+}
+
+func (d *searchBindDoer) close() { d.search.Close(); d.bind.Close() }

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// Row labels bench/run.sh uses; the ratios compare these.
+const (
+	labelCyrus      = "cyrus"
+	labelCyrusCache = "cyrus-cache"
+	labelMine       = "mailauthd"
+	labelMineCache  = "mailauthd-cache"
+)
+
+// Targets from issue 5.
+const (
+	targetNoCacheRPS   = 3.0     // mailauthd / Cyrus, no cache, c=8 and c=32
+	targetP99          = 1.0 / 3 // mailauthd p99 / Cyrus p99 at c=32, at most
+	targetCacheRPS     = 2.0     // mailauthd cache / Cyrus cache
+	targetRSSkB        = 50 * 1024
+	measureConcurrency = 32
+)
+
+func runTable(args []string) error {
+	fs := flag.NewFlagSet("table", flag.ExitOnError)
+	in := fs.String("in", "", "results file (JSON lines from run -out)")
+	fs.Parse(args)
+	f, err := os.Open(*in)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var results []Result
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var r Result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return fmt.Errorf("%s: %w", *in, err)
+		}
+		results = append(results, r)
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	printTable(os.Stdout, results)
+	return nil
+}
+
+func printTable(w io.Writer, results []Result) {
+	fmt.Fprintf(w, "| %-24s | %3s | %9s | %8s | %8s | %8s | %7s | %8s |\n", "system", "c", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "RSS MB")
+	fmt.Fprintf(w, "|%s|%s|%s|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 26), "----:", "----------:", "---------:", "---------:", "---------:", "--------:", "---------:")
+	for _, r := range results {
+		rss := ""
+		if r.RSSkB > 0 {
+			rss = fmt.Sprintf("%.1f", float64(r.RSSkB)/1024)
+		}
+		fmt.Fprintf(w, "| %-24s | %3d | %9.0f | %8.2f | %8.2f | %8.1f | %7d | %8s |\n",
+			r.Label, r.Concurrency, r.RPS, r.P50ms, r.P99ms, r.MaxMs, r.Errors, rss)
+	}
+	for _, r := range results {
+		if r.Errors > 0 {
+			fmt.Fprintf(w, "\n%s c=%d: %d errors (%d wrong answers); first: %s", r.Label, r.Concurrency, r.Errors, r.Mismatches, r.FirstError)
+		}
+	}
+	fmt.Fprintln(w)
+
+	find := func(label string, c int) *Result {
+		for i := range results {
+			if results[i].Label == label && results[i].Concurrency == c {
+				return &results[i]
+			}
+		}
+		return nil
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	fmt.Fprintln(w, "\nRatios measured in this run (mailauthd / Cyrus saslauthd, same slapd, same load):")
+	for _, c := range []int{1, 8, 32} {
+		mine, cyrus := find(labelMine, c), find(labelCyrus, c)
+		if mine == nil || cyrus == nil || cyrus.RPS == 0 {
+			continue
+		}
+		ratio := mine.RPS / cyrus.RPS
+		target := ""
+		if c != 1 {
+			target = fmt.Sprintf("   target >= %.0fx: %s", targetNoCacheRPS, verdict(ratio >= targetNoCacheRPS && mine.Errors == 0))
+		}
+		fmt.Fprintf(w, "  no cache   c=%-2d req/s %5.2fx%s\n", c, ratio, target)
+		if c == measureConcurrency && cyrus.P99ms > 0 {
+			p := mine.P99ms / cyrus.P99ms
+			fmt.Fprintf(w, "  no cache   c=%-2d p99   %5.2fx   target <= 0.33x: %s\n", c, p, verdict(p <= targetP99))
+		}
+	}
+	for _, c := range []int{1, 8, 32} {
+		mine, cyrus := find(labelMineCache, c), find(labelCyrusCache, c)
+		if mine == nil || cyrus == nil || cyrus.RPS == 0 {
+			continue
+		}
+		ratio := mine.RPS / cyrus.RPS
+		target := ""
+		if c != 1 {
+			target = fmt.Sprintf("   target >= %.0fx: %s", targetCacheRPS, verdict(ratio >= targetCacheRPS && mine.Errors == 0))
+		}
+		fmt.Fprintf(w, "  with cache c=%-2d req/s %5.2fx%s\n", c, ratio, target)
+	}
+	var memRows []Result
+	for _, r := range results {
+		if strings.HasPrefix(r.Label, "mem:") && r.RSSkB > 0 {
+			memRows = append(memRows, r)
+		}
+	}
+	if len(memRows) > 0 {
+		fmt.Fprintln(w, "\nmailauthd resident memory (VmRSS after each step; VmHWM = peak):")
+		for _, r := range memRows {
+			fmt.Fprintf(w, "  %-34s RSS %6.1f MB  peak %6.1f MB  (%d requests, %d errors)\n",
+				strings.TrimPrefix(r.Label, "mem:"), float64(r.RSSkB)/1024, float64(r.HWMkB)/1024, r.Requests, r.Errors)
+		}
+		first, last := memRows[0], memRows[len(memRows)-1]
+		peak := int64(0)
+		for _, r := range memRows {
+			peak = max(peak, r.HWMkB)
+		}
+		fmt.Fprintf(w, "  peak %.1f MB, target <= 50 MB: %s; RSS first -> last step %+.1f MB\n",
+			float64(peak)/1024, verdict(peak <= targetRSSkB), float64(last.RSSkB-first.RSSkB)/1024)
+	}
+}

@@ -129,23 +129,13 @@ func (s *Server) Serve(l net.Listener) error {
 		// and Postfix/Cyrus bound how many workers can wait. Accepting and
 		// answering "NO busy" instead would turn a burst into failed logins
 		// that mail clients show as a wrong password and fail2ban counts.
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			if time.Since(lastFullWarn) > 10*time.Second { // once per episode, not per connection
-				lastFullWarn = time.Now()
-				log.Warn("saslauthd: connection limit reached, waiting for a free slot",
-					"socket", addr, "max_conns", cap(s.slots))
-			}
-			select {
-			case s.slots <- struct{}{}:
-			case <-s.done:
-				return ErrServerClosed
-			}
+		// The slot is only taken once a connection is in hand, so an idle
+		// listener never reserves one that another listener's clients need.
+		if !s.waitSlot(addr, &lastFullWarn, false) {
+			return ErrServerClosed
 		}
 		c, err := l.Accept()
 		if err != nil {
-			<-s.slots
 			if s.shuttingDown() {
 				return ErrServerClosed
 			}
@@ -165,6 +155,11 @@ func (s *Server) Serve(l net.Listener) error {
 			continue
 		}
 		backoff = 0
+		// Another listener may have taken the free slot meanwhile.
+		if !s.waitSlot(addr, &lastFullWarn, true) {
+			c.Close()
+			return ErrServerClosed
+		}
 		if !s.trackConn(c, true) {
 			<-s.slots
 			c.Close()
@@ -172,6 +167,29 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		go s.serveConn(c, addr)
 	}
+}
+
+// waitSlot blocks until a connection slot is free, taking it if take is
+// set. It returns false when the server shuts down first.
+func (s *Server) waitSlot(addr string, lastWarn *time.Time, take bool) bool {
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		if time.Since(*lastWarn) > 10*time.Second { // once per episode, not per connection
+			*lastWarn = time.Now()
+			s.logger().Warn("saslauthd: connection limit reached, waiting for a free slot",
+				"socket", addr, "max_conns", cap(s.slots))
+		}
+		select {
+		case s.slots <- struct{}{}:
+		case <-s.done:
+			return false
+		}
+	}
+	if !take {
+		<-s.slots
+	}
+	return true
 }
 
 // temporary reports accept errors worth retrying: resource exhaustion and

@@ -576,3 +576,32 @@ func BenchmarkServerRoundTrip(b *testing.B) {
 		}
 	}
 }
+
+// TestServerIdleListenerReservesNoSlot: with one slot and two sockets, an
+// idle socket must not hold the slot the busy one needs.
+func TestServerIdleListenerReservesNoSlot(t *testing.T) {
+	srv := &Server{
+		MaxConns:      1,
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
+		Logger:        slog.New(slog.DiscardHandler),
+	}
+	dir := t.TempDir()
+	var paths []string
+	for _, name := range []string{"idle", "busy"} {
+		p := filepath.Join(dir, name)
+		l, err := Listen(p, 0o666, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+		go srv.Serve(l)
+	}
+	defer srv.Shutdown(context.Background())
+	time.Sleep(50 * time.Millisecond) // both accept loops running
+	for range 3 {
+		c := Client{Path: paths[1], Timeout: 5 * time.Second}
+		if ok, _, err := c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"}); !ok || err != nil {
+			t.Fatalf("busy socket not served: %v %v", ok, err)
+		}
+	}
+}

@@ -85,10 +85,10 @@ func remove(t *testing.T, root, p string) {
 
 func TestCheckBreakages(t *testing.T) {
 	cases := []struct {
-		name  string
+		name   string
 		mutate func(t *testing.T, root string)
-		want  []string // "severity code path:line", sorted
-		in    string   // a phrase the first finding's message must contain
+		want   []string // "severity code path:line", sorted
+		in     string   // a phrase the first finding's message must contain
 	}{
 		{"clean", func(*testing.T, string) {}, nil, ""},
 		{"service removed, other takes over", func(t *testing.T, r string) { remove(t, r, "etc/pam.d/smtp") },

@@ -449,3 +449,30 @@ func TestConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func BenchmarkAuthenticate(b *testing.B) {
+	s := slapdtest.Start(b, slapdtest.WithUsers(100))
+	cfg, access := baseConfig(s.URL())
+	a, err := ldapauth.New(cfg, access, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	reqs := make([]auth.Request, 100)
+	for i := range reqs {
+		reqs[i] = auth.Request{User: "user" + strconv.Itoa(i), Password: slapdtest.GeneratedUserPassword(i), Service: "imap"}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if v := a.Authenticate(ctx, reqs[i%len(reqs)]); v.Outcome != auth.Accept {
+				b.Errorf("%s: %v %q", reqs[i%len(reqs)].User, v.Outcome, v.Reason)
+				return
+			}
+			i++
+		}
+	})
+}

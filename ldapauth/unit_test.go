@@ -1,0 +1,279 @@
+package ldapauth
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+func TestExpandFilter(t *testing.T) {
+	for _, tc := range []struct {
+		tmpl         string
+		req          auth.Request
+		defaultRealm string
+		want         string
+		err          string // substring; "" = no error
+	}{
+		{"(uid=%u)", auth.Request{User: "alice"}, "", "(uid=alice)", ""},
+		{"(uid=%u)", auth.Request{User: "a*b"}, "", `(uid=a\2ab)`, ""},
+		{"(uid=%u)", auth.Request{User: "x)(uid=*"}, "", `(uid=x\29\28uid=\2a)`, ""},
+		{"(uid=%u)", auth.Request{User: `back\slash`}, "", `(uid=back\5cslash)`, ""},
+		{"(uid=%u)", auth.Request{User: "jürgen"}, "", `(uid=j\c3\bcrgen)`, ""},
+		// libsasl2 split: name@domain with no realm.
+		{"(uid=%u)", auth.Request{User: "alice@example.org"}, "", "(uid=alice)", ""},
+		{"(mail=%u@%r)", auth.Request{User: "alice@example.org"}, "", "(mail=alice@example.org)", ""},
+		{"(mail=%u%R)", auth.Request{User: "alice"}, "", "(mail=alice)", ""},
+		{"(mail=%u%R)", auth.Request{User: "alice", Realm: "example.net"}, "", "(mail=alice@example.net)", ""},
+		{"(mail=%u@%r)", auth.Request{User: "alice"}, "example.com", "(mail=alice@example.com)", ""},
+		{"(mail=%u@%r)", auth.Request{User: "alice", Realm: "x.org"}, "example.com", "(mail=alice@x.org)", ""},
+		{"(mail=%u@%r)", auth.Request{User: "alice"}, "", "", "no value"},
+		// An explicit realm keeps '@' in the user: %U and %d split it (lak.c).
+		{"(&(uid=%U)(dom=%d)(r=%r))", auth.Request{User: "bob@sub.example.org", Realm: "realm.net"}, "", "(&(uid=bob)(dom=sub.example.org)(r=realm.net))", ""},
+		{"(uid=%u)", auth.Request{User: "bob@sub.example.org", Realm: "realm.net"}, "", "(uid=bob@sub.example.org)", ""},
+		{"(dom=%d)", auth.Request{User: "bob", Realm: "example.org"}, "", "(dom=example.org)", ""},
+		{"(dom=%d)", auth.Request{User: "bob"}, "", "", "no value"},
+		{"(x=%1)(y=%2)(z=%3)", auth.Request{User: "bob", Realm: "mail.example.org"}, "", "(x=org)(y=example)(z=mail)", ""},
+		{"(x=%4)", auth.Request{User: "bob", Realm: "mail.example.org"}, "", "", "no value"},
+		{"(&(uid=%u)(svc=%s))", auth.Request{User: "bob", Service: "imap"}, "", "(&(uid=bob)(svc=imap))", ""},
+		{"(&(uid=%u)(svc=%s))", auth.Request{User: "bob"}, "", "", "no value"},
+		{"(&(uid=%u)(pct=100%%))", auth.Request{User: "bob"}, "", "(&(uid=bob)(pct=100%))", ""},
+		{"(uid=%u)%", auth.Request{User: "bob"}, "", "", "lone %"},
+		{"(uid=%x)", auth.Request{User: "bob"}, "", "", "unknown token %x"},
+		{"(host=%h)", auth.Request{User: "bob"}, "", "", "only allowed in access filters"},
+		{"(member=%D)", auth.Request{User: "bob"}, "", "", "only allowed in access filters"},
+	} {
+		got, err := ExpandFilter(tc.tmpl, tc.req, tc.defaultRealm)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ExpandFilter(%q, %+v): err %v, want %q", tc.tmpl, tc.req, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ExpandFilter(%q, %+v) = %q, %v; want %q", tc.tmpl, tc.req, got, err, tc.want)
+		}
+	}
+}
+
+func TestExpandBaseAndAccessTokens(t *testing.T) {
+	got, err := ExpandBase("ou=%d,dc=example,dc=org", auth.Request{User: "bob", Realm: `a,b+c`}, "")
+	if err != nil || got != `ou=a\,b\+c,dc=example,dc=org` {
+		t.Errorf("ExpandBase = %q, %v", got, err)
+	}
+	v := tokenValues{user: "bob", host: "mail.example.org", dn: "cn=x*y,dc=example,dc=org", access: true}
+	b, err := expand(nil, "(&(host=%h)(member=%D))", &v, ldap.EscapeFilter)
+	if err != nil || string(b) != `(&(host=mail.example.org)(member=cn=x\2ay,dc=example,dc=org))` {
+		t.Errorf("access filter = %q, %v", b, err)
+	}
+	if !errors.Is(func() error { _, err := ExpandFilter("(r=%r)", auth.Request{User: "u"}, ""); return err }(), ErrNoValue) {
+		t.Error("missing realm is not ErrNoValue")
+	}
+}
+
+// structure counts the filter metacharacters that give a filter its shape.
+func structure(s string) (n int) {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '(', ')', '*':
+			n++
+		}
+	}
+	return n
+}
+
+func FuzzExpandFilter(f *testing.F) {
+	f.Add("(uid=%u)", "alice", "", "imap")
+	f.Add("(&(mail=%U@%d)(svc=%s))", "a*b@example.org", "", "smtp")
+	f.Add("(x=%1.%2%R%%)", "x)(uid=*", "mail.example.org", "pop")
+	f.Add("%", "\x00", "\\", "")
+	f.Fuzz(func(t *testing.T, tmpl, user, realm, service string) {
+		req := auth.Request{User: user, Realm: realm, Service: service}
+		got, err := ExpandFilter(tmpl, req, "default.example")
+		if err != nil {
+			return
+		}
+		// Values can never add filter structure: every ( ) * in the result
+		// comes from the template itself.
+		if structure(got) != structure(tmpl) {
+			t.Fatalf("ExpandFilter(%q, %q) = %q: values changed the filter structure", tmpl, user, got)
+		}
+		if strings.Count(got, "\x00") != strings.Count(tmpl, "\x00") {
+			t.Fatalf("ExpandFilter(%q, %q) = %q: a value added a NUL", tmpl, user, got)
+		}
+		if tmpl == "(uid=%u)" {
+			if _, err := ldap.CompileFilter(got); err != nil {
+				t.Fatalf("(uid=%%u) with %q does not compile: %v", user, err)
+			}
+		}
+	})
+}
+
+func TestMatchHost(t *testing.T) {
+	names := []string{"mail.example.org", "mail"}
+	for _, tc := range []struct {
+		values []string
+		ok     bool
+		why    string
+	}{
+		{nil, false, "no value"},
+		{[]string{}, false, "no value"},
+		{[]string{"mail.example.org"}, true, "allowed by mail.example.org"},
+		{[]string{"MAIL.Example.ORG"}, true, "allowed by MAIL.Example.ORG"},
+		{[]string{"mail"}, true, "allowed by mail"},
+		{[]string{"other.example.org"}, false, "no value matches"},
+		{[]string{"*"}, true, "allowed by *"},
+		{[]string{"*.example.org"}, false, "no value matches"}, // no globs
+		{[]string{"mail*"}, false, "no value matches"},
+		{[]string{"*", "!mail.example.org"}, false, "denied by !mail.example.org"},
+		// Negation of the short name wins too (SSSD would allow here).
+		{[]string{"*", "!mail"}, false, "denied by !mail"},
+		{[]string{"!mail", "mail.example.org"}, false, "denied by !mail"},
+		{[]string{"!MAIL.EXAMPLE.ORG", "*"}, false, "denied by !MAIL.EXAMPLE.ORG"},
+		{[]string{"!other.example.org", "*"}, true, "allowed by *"},
+		{[]string{"!other.example.org"}, false, "no value matches"},
+		{[]string{"!*", "mail"}, false, "denied by !*"},
+		{[]string{"", "!"}, false, "no value matches"},
+		{[]string{" mail"}, false, "no value matches"},
+	} {
+		ok, why := MatchHost(tc.values, names)
+		if ok != tc.ok || why != tc.why {
+			t.Errorf("MatchHost(%q) = %v %q, want %v %q", tc.values, ok, why, tc.ok, tc.why)
+		}
+	}
+	// Service rule: the same function against the request's service.
+	if ok, _ := MatchHost([]string{"smtp"}, []string{"imap"}); ok {
+		t.Error("service smtp allowed imap")
+	}
+	if ok, _ := MatchHost([]string{"IMAP"}, []string{"imap"}); !ok {
+		t.Error("service IMAP refused imap")
+	}
+	if ok, _ := MatchHost([]string{"smtp"}, []string{""}); ok {
+		t.Error("empty service allowed")
+	}
+}
+
+func BenchmarkMatchHost(b *testing.B) {
+	values := []string{"other1.example.org", "other2.example.org", "!old.example.org", "MAIL.EXAMPLE.ORG"}
+	names := []string{"mail.example.org", "mail"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if ok, _ := MatchHost(values, names); !ok {
+			b.Fatal("no match")
+		}
+	}
+}
+
+func BenchmarkExpandFilter(b *testing.B) {
+	req := auth.Request{User: "alice@example.org", Service: "imap"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ExpandFilter("(&(uid=%U)(mail=%u@%d))", req, ""); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	emptyPw := filepath.Join(dir, "empty")
+	os.WriteFile(emptyPw, []byte("\n"), 0o600)
+	notPEM := filepath.Join(dir, "ca.pem")
+	os.WriteFile(notPEM, []byte("hello"), 0o600)
+
+	good := func() (Config, AccessConfig) {
+		c := DefaultConfig()
+		c.URLs = []string{"ldap://127.0.0.1:1"}
+		c.Base = "ou=people,dc=example,dc=org"
+		a := DefaultAccessConfig()
+		a.Hostnames = []string{"mail.example.org"}
+		return c, a
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config, *AccessConfig)
+		err    string // "" = valid
+	}{
+		{"valid", func(*Config, *AccessConfig) {}, ""},
+		{"valid with password file and tokens", func(c *Config, a *AccessConfig) {
+			c.BindDN, c.BindPasswordFile, c.Base = "cn=svc,dc=example,dc=org", pw, "ou=%d,dc=example,dc=org"
+			c.Filter = "(&(uid=%U)(mail=%u@%d))"
+			a.Filters = []string{"(host=%h)", "(!(member=%D))"}
+		}, ""},
+		{"no urls", func(c *Config, _ *AccessConfig) { c.URLs = nil }, "ldap.urls: at least one"},
+		{"bad scheme", func(c *Config, _ *AccessConfig) { c.URLs = []string{"ldapi:///run/slapd"} }, "scheme must be"},
+		{"url with path", func(c *Config, _ *AccessConfig) { c.URLs = []string{"ldap://h/dc=x"} }, "want scheme://host"},
+		{"ldaps and starttls", func(c *Config, _ *AccessConfig) { c.URLs = []string{"ldaps://h"}; c.StartTLS = true }, "one or the other"},
+		{"missing ca file", func(c *Config, _ *AccessConfig) { c.CAFile = filepath.Join(dir, "nope") }, "ldap.ca_file"},
+		{"ca file not pem", func(c *Config, _ *AccessConfig) { c.CAFile = notPEM }, "no PEM certificate"},
+		{"bind dn without password", func(c *Config, _ *AccessConfig) { c.BindDN = "cn=svc,dc=example,dc=org" }, "bind password is empty"},
+		{"empty password file", func(c *Config, _ *AccessConfig) {
+			c.BindDN, c.BindPasswordFile = "cn=svc,dc=example,dc=org", emptyPw
+		}, "first line is empty"},
+		{"password and file", func(c *Config, _ *AccessConfig) {
+			c.BindDN, c.BindPasswordFile, c.BindPassword = "cn=svc,dc=example,dc=org", pw, "x"
+		}, "keep one"},
+		{"password without dn", func(c *Config, _ *AccessConfig) { c.BindPassword = "x" }, "without ldap.bind_dn"},
+		{"bad bind dn", func(c *Config, _ *AccessConfig) { c.BindDN, c.BindPassword = "not a dn", "x" }, "ldap.bind_dn"},
+		{"no base", func(c *Config, _ *AccessConfig) { c.Base = "" }, "ldap.base: required"},
+		{"bad base", func(c *Config, _ *AccessConfig) { c.Base = "people" }, "not a valid DN"},
+		{"bad scope", func(c *Config, _ *AccessConfig) { c.Scope = "tree" }, "ldap.scope"},
+		{"bad filter", func(c *Config, _ *AccessConfig) { c.Filter = "(uid=%u" }, "not a valid LDAP filter"},
+		{"filter token typo", func(c *Config, _ *AccessConfig) { c.Filter = "(uid=%n)" }, "unknown token %n"},
+		{"filter without user", func(c *Config, _ *AccessConfig) { c.Filter = "(objectClass=person)" }, "must contain %u or %U"},
+		{"filter with %%u only", func(c *Config, _ *AccessConfig) { c.Filter = "(uid=%%u)" }, "must contain %u or %U"},
+		{"%h in user filter", func(c *Config, _ *AccessConfig) { c.Filter = "(&(uid=%u)(host=%h))" }, "only allowed in access filters"},
+		{"negative timeout", func(c *Config, _ *AccessConfig) { c.Timeout = -time.Second }, "ldap.timeout"},
+		{"huge pool", func(c *Config, _ *AccessConfig) { c.PoolSize = 5000 }, "ldap.pool_size"},
+		{"max conns below pool", func(c *Config, _ *AccessConfig) { c.MaxConns = 2 }, "ldap.max_conns"},
+		{"userPassword attribute", func(c *Config, _ *AccessConfig) { c.Attributes = []string{"homeDirectory", "userPassword"} }, "userPassword must never be fetched"},
+		{"bad attribute", func(c *Config, _ *AccessConfig) { c.Attributes = []string{"home dir"} }, "not an attribute name"},
+		{"bad host attribute", func(_ *Config, a *AccessConfig) { a.HostAttribute = "host(" }, "access.host_attribute"},
+		{"bad access filter", func(_ *Config, a *AccessConfig) { a.Filters = []string{"(host=%h"} }, "access.filters[0]"},
+		{"too many filters", func(_ *Config, a *AccessConfig) { a.Filters = make([]string, 9) }, "at most 8"},
+		{"glob hostname", func(_ *Config, a *AccessConfig) { a.Hostnames = []string{"*.example.org"} }, "access.hostnames[0]"},
+	} {
+		c, a := good()
+		tc.mutate(&c, &a)
+		au, err := New(c, a, nil)
+		if tc.err == "" {
+			if err != nil {
+				t.Errorf("%s: %v", tc.name, err)
+			} else {
+				au.Close()
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: error shows the bind password: %v", tc.name, err)
+		}
+	}
+}
+
+func TestDefaultsAndHostnames(t *testing.T) {
+	c := DefaultConfig()
+	c.URLs = []string{"ldap://127.0.0.1:1"}
+	c.Base = "dc=example,dc=org"
+	a, err := New(c, DefaultAccessConfig(), nil) // hostnames from this machine
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	h, _ := os.Hostname()
+	if names := a.Hostnames(); len(names) == 0 || names[0] != strings.ToLower(h) {
+		t.Errorf("Hostnames() = %v, want first %q", names, h)
+	}
+	if a.cfg.Timeout != DefaultTimeout || a.cfg.PoolSize != DefaultPoolSize || a.cfg.MaxConns != 4*DefaultPoolSize {
+		t.Errorf("defaults not applied: %+v", a.cfg)
+	}
+}

@@ -382,7 +382,44 @@ func (s *Server) Restart() error {
 
 // Pause freezes slapd with SIGSTOP: connections are accepted by the kernel
 // but never answered, like a stuck server.
-func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP, true) }
+// Pause returns once every slapd thread is stopped (signal delivery is
+// asynchronous), so no request sent afterwards is answered.
+func (s *Server) Pause() error {
+	if err := s.signal(syscall.SIGSTOP, true); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	pid := s.cmd.Process.Pid
+	s.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for !allThreadsStopped(pid) {
+		if time.Now().After(deadline) {
+			return errors.New("slapdtest: slapd did not stop after SIGSTOP")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+// allThreadsStopped reads each thread's state from /proc (T = stopped).
+func allThreadsStopped(pid int) bool {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			return false
+		}
+		// Format: pid (comm) state ...; comm may hold spaces, so cut at the last ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			return false
+		}
+	}
+	return true
+}
 
 // Resume continues a paused slapd (SIGCONT).
 func (s *Server) Resume() error { return s.signal(syscall.SIGCONT, false) }

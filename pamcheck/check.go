@@ -167,7 +167,7 @@ func Check(sys *System, snap *Snapshot, cfg Config) []Finding {
 	}
 
 	if snap != nil {
-		compareSnapshot(c, sys, snap, views, referenced)
+		compareSnapshot(c, sys, snap, views, referenced, cfg.StateDir)
 	}
 	for _, n := range names {
 		lint(c, sys, views[n], other)
@@ -215,7 +215,7 @@ func otherDesc(other *View) string {
 	return "libpam silently uses " + other.Path + " instead (no log line): whatever it allows, e.g. only local accounts"
 }
 
-func compareSnapshot(c *collector, sys *System, snap *Snapshot, views map[string]*View, referenced map[string]bool) {
+func compareSnapshot(c *collector, sys *System, snap *Snapshot, views map[string]*View, referenced map[string]bool, stateDir string) {
 	reported := map[string]bool{} // files whose state is already explained
 	for _, name := range sortedKeys(snap.Services) {
 		was, now := snap.Services[name], views[name]
@@ -285,7 +285,7 @@ func compareSnapshot(c *collector, sys *System, snap *Snapshot, views map[string
 			for _, s := range services {
 				c.add(Finding{Severity: sev, Code: CodeContentChanged, Path: p, Message: msg,
 					Fix: fmt.Sprintf("compare with the snapshot copy (diff -u %s %s); if unintended: mailauthd pamcheck restore; if intended: mailauthd pamcheck snapshot",
-						filepath.Join("<state_dir>", rec.Copy), p)}, s)
+						filepath.Join(stateDir, rec.Copy), p)}, s)
 			}
 		}
 		if uint32(f.Mode.Perm()) != rec.Mode {

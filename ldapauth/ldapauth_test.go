@@ -476,3 +476,26 @@ func BenchmarkAuthenticate(b *testing.B) {
 		}
 	})
 }
+
+func TestCloseAndExplainLookup(t *testing.T) {
+	s := slapdtest.Start(t)
+	cfg, access := baseConfig(s.URL())
+	a := newAuth(t, cfg, access)
+	ctx := ctxT(t)
+
+	var b bytes.Buffer
+	v := a.Explain(ctx, auth.Request{User: "otherhost"}, &b)
+	check(t, "explain lookup", v, want{auth.Reject, "host not allowed", false})
+	for _, w := range []string{"lookup only", "user found: uid=otherhost", "no value matches", "verdict: reject"} {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("explain lookup lacks %q:\n%s", w, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "password: ok") {
+		t.Errorf("lookup claims a password check:\n%s", b.String())
+	}
+
+	check(t, "before close", a.Authenticate(ctx, auth.Request{User: "alice", Password: "alicepw"}), want{outcome: auth.Accept, reason: "ok"})
+	a.Close()
+	check(t, "after close", a.Authenticate(ctx, auth.Request{User: "alice", Password: "alicepw"}), want{auth.TempFail, "shutting down", false})
+}

@@ -29,10 +29,11 @@ const (
 	// MaxFieldSizeLimit is what a 2-byte length prefix can express.
 	MaxFieldSizeLimit = 0xFFFF
 	// DefaultClientAddrWait is how long ReadRequest waits for the optional
-	// fifth field when it is not already buffered. The client sends the whole
-	// request in one write, so the field is either there already or absent;
-	// the wait only covers a sender that splits its writes.
-	DefaultClientAddrWait = 20 * time.Millisecond
+	// fifth field when it is not already buffered: not at all. libsasl2 sends
+	// the whole request in one write, so the field is either there already
+	// or absent, and released libsasl2 (four fields) must not pay a wait on
+	// every login. Set a positive wait only for a sender that splits writes.
+	DefaultClientAddrWait = 0
 	// MaxReplyText bounds the text after "NO ". libsasl2 truncates replies at
 	// 1023 bytes and testsaslauthd overflows its buffer on a 1024-byte reply;
 	// a reason never needs more than a line.
@@ -69,8 +70,8 @@ type ReadOptions struct {
 	// MaxFieldSizeLimit).
 	MaxFieldSize int
 	// ClientAddrWait is how long to wait for the optional fifth field when it
-	// is not already buffered (default DefaultClientAddrWait). Negative: take
-	// it only if already buffered. Waiting needs a reader with
+	// is not already buffered. Zero or negative (the default): take it only
+	// if already buffered. Waiting needs a reader with
 	// SetReadDeadline (a net.Conn); other readers only ever get buffered bytes.
 	ClientAddrWait time.Duration
 	// Deadline is the read deadline in force for the whole request; it is
@@ -89,8 +90,8 @@ func (o ReadOptions) maxField() int {
 }
 
 func (o ReadOptions) addrWait() time.Duration {
-	if o.ClientAddrWait == 0 {
-		return DefaultClientAddrWait
+	if o.ClientAddrWait <= 0 {
+		return -1
 	}
 	return o.ClientAddrWait
 }

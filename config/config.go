@@ -84,6 +84,9 @@ type Server struct {
 	RequestTimeout time.Duration `yaml:"request_timeout"` // whole request incl. LDAP; default 10s
 	IOTimeout      time.Duration `yaml:"io_timeout"`      // each socket read/write; default 5s
 	MaxFieldSize   int           `yaml:"max_field_size"`  // bytes per protocol field; default 1024
+	// ClientAddrWait waits for the optional fifth saslauthd field (client
+	// address) when it did not come with the request. Default 0: no wait.
+	ClientAddrWait time.Duration `yaml:"client_addr_wait"`
 }
 
 // Log configures log/slog output (stderr, so journald picks it up).
@@ -100,14 +103,9 @@ func Default() *File {
 			Saslauthd: []Socket{{Path: "/run/mailauthd/mux", Mode: "0660"}},
 			Control:   Socket{Path: "/run/mailauthd/control", Mode: "0600"},
 		},
-		Server: Server{MaxConnections: 256, RequestTimeout: 10 * time.Second, IOTimeout: 5 * time.Second, MaxFieldSize: 1024},
-		LDAP: ldapauth.Config{
-			Scope:    "sub",
-			Filter:   "(uid=%u)",
-			Timeout:  5 * time.Second,
-			PoolSize: 8,
-		},
-		Access:        ldapauth.AccessConfig{HostAttribute: "host"},
+		Server:        Server{MaxConnections: 256, RequestTimeout: 10 * time.Second, IOTimeout: 5 * time.Second, MaxFieldSize: 1024},
+		LDAP:          ldapauth.DefaultConfig(),
+		Access:        ldapauth.DefaultAccessConfig(),
 		Checkpassword: checkpassword.Config{Timeout: 5 * time.Second},
 		Log:           Log{Format: "text", Level: "info"},
 	}
@@ -115,8 +113,8 @@ func Default() *File {
 
 // Load reads the YAML file at path ("" = built-in defaults only) and, when
 // saslauthdConf is set, takes the LDAP settings from that Cyrus
-// saslauthd.conf instead, so a migrating admin changes nothing. The result
-// is validated and the service account password read from its file.
+// saslauthd.conf instead, so a migrating admin changes nothing. The
+// service account's password file is read by ldapauth.New.
 func Load(path, saslauthdConf string) (*File, error) {
 	f := Default()
 	if path != "" {
@@ -132,9 +130,6 @@ func Load(path, saslauthdConf string) (*File, error) {
 		if err := f.LoadSaslauthdConf(saslauthdConf); err != nil {
 			return nil, err
 		}
-	}
-	if err := f.loadSecrets(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return f, nil
 }
@@ -259,6 +254,9 @@ func (f *File) Validate() error {
 	if f.Server.MaxFieldSize < 256 || f.Server.MaxFieldSize > 65535 {
 		bad("server.max_field_size must be 256..65535 (a counted string's limit), not %d", f.Server.MaxFieldSize)
 	}
+	if f.Server.ClientAddrWait < 0 || f.Server.ClientAddrWait > time.Second {
+		bad("server.client_addr_wait must be 0..1s, not %s", f.Server.ClientAddrWait)
+	}
 	if f.LDAP.Timeout <= 0 {
 		bad("ldap.timeout must be positive")
 	}
@@ -288,41 +286,4 @@ func (f *File) Validate() error {
 		return errors.New(strings.Join(errs, "; "))
 	}
 	return nil
-}
-
-// loadSecrets reads the service account password from its file.
-func (f *File) loadSecrets() error {
-	if f.LDAP.BindPasswordFile == "" {
-		return nil
-	}
-	pw, err := ReadSecretFile(f.LDAP.BindPasswordFile)
-	if err != nil {
-		return fmt.Errorf("ldap.bind_password_file: %w", err)
-	}
-	f.LDAP.BindPassword = pw
-	return nil
-}
-
-// ReadSecretFile returns the first line of a small file, without its line
-// ending. An empty secret is an error: it would turn a service bind into an
-// anonymous one.
-func ReadSecretFile(path string) (string, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, 4097))
-	if err != nil {
-		return "", err
-	}
-	if len(data) > 4096 {
-		return "", fmt.Errorf("%s: larger than 4096 bytes", path)
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	line = strings.TrimSuffix(line, "\r")
-	if line == "" {
-		return "", fmt.Errorf("%s: empty password", path)
-	}
-	return line, nil
 }

@@ -75,26 +75,6 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-func TestBindPasswordFile(t *testing.T) {
-	dir := t.TempDir()
-	pw := filepath.Join(dir, "pw")
-	os.WriteFile(pw, []byte("hunter2\n"), 0o600)
-	cfg := filepath.Join(dir, "c.yaml")
-	os.WriteFile(cfg, []byte("ldap: {bind_dn: cn=svc, bind_password_file: "+pw+"}\n"), 0o600)
-	f, err := Load(cfg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f.LDAP.BindPassword != "hunter2" {
-		t.Errorf("bind password not read (len %d)", len(f.LDAP.BindPassword))
-	}
-	// An empty file would silently make the service search anonymous.
-	os.WriteFile(pw, []byte("\n"), 0o600)
-	if _, err := Load(cfg, ""); err == nil || !strings.Contains(err.Error(), "empty password") {
-		t.Errorf("empty password file: err = %v", err)
-	}
-}
-
 func TestSaslauthdConf(t *testing.T) {
 	f, err := Load("", "../testdata/config/saslauthd.conf")
 	if err != nil {

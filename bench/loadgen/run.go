@@ -37,7 +37,12 @@ type Result struct {
 	MaxMs      float64 `json:"max_ms"`
 	RSSkB      int64   `json:"rss_kb,omitempty"` // VmRSS of -pid after the run
 	HWMkB      int64   `json:"hwm_kb,omitempty"` // VmHWM (peak RSS)
-	FirstError string  `json:"first_error,omitempty"`
+	// CPU time (user+system) the daemon's processes and slapd spent during
+	// the measured window, per request: on a shared, noisy machine this is
+	// steadier than requests/s, and it shows where the time goes.
+	DaemonCPUus float64 `json:"daemon_cpu_us,omitempty"`
+	SlapdCPUus  float64 `json:"slapd_cpu_us,omitempty"`
+	FirstError  string  `json:"first_error,omitempty"`
 }
 
 // workload picks the next user and whether to send a wrong password.
@@ -99,6 +104,8 @@ func runLoad(args []string) error {
 	timeout := fs.Duration("timeout", 5*time.Second, "per-request deadline; exceeding it is an error")
 	pid := fs.Int("pid", 0, "after the run, record VmRSS and VmHWM of this process")
 	out := fs.String("out", "", "append the result as a JSON line to this file (and print it)")
+	cpuPIDs := fs.String("cpupids", "", "comma-separated PIDs of the daemon's processes, for CPU time per request")
+	slapdPID := fs.Int("slapdpid", 0, "PID of slapd, for its CPU time per request")
 	fs.Parse(args)
 	if *conc < 1 || *users < 1 || *hot > *users {
 		return errors.New("run: need -c >= 1, -users >= 1, -hot <= -users")
@@ -184,12 +191,18 @@ func runLoad(args []string) error {
 			mu.Unlock()
 		}()
 	}
+	daemonPIDs, err := parsePIDs(*cpuPIDs)
+	if err != nil {
+		return err
+	}
 	time.Sleep(*warm)
+	d0, s0 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID})
 	measuring.Store(true)
 	start := time.Now()
 	time.Sleep(*dur)
 	measuring.Store(false)
 	elapsed := time.Since(start)
+	d1, s1 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID})
 	stop.Store(true)
 	wg.Wait()
 
@@ -206,6 +219,14 @@ func runLoad(args []string) error {
 	if *pid > 0 {
 		res.RSSkB, res.HWMkB = procMemory(*pid)
 	}
+	if requests > 0 {
+		if len(daemonPIDs) > 0 {
+			res.DaemonCPUus = ticksToMicros(d1-d0) / float64(requests)
+		}
+		if *slapdPID > 0 {
+			res.SlapdCPUus = ticksToMicros(s1-s0) / float64(requests)
+		}
+	}
 	line, _ := json.Marshal(res)
 	fmt.Println(string(line))
 	if *out != "" {
@@ -219,6 +240,52 @@ func runLoad(args []string) error {
 		}
 	}
 	return nil
+}
+
+func parsePIDs(s string) ([]int, error) {
+	var pids []int
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("run: bad pid %q in -cpupids", f)
+		}
+		pids = append(pids, n)
+	}
+	return pids, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux architecture Go supports.
+const clockTicks = 100
+
+func ticksToMicros(t int64) float64 { return float64(t) * 1e6 / clockTicks }
+
+// cpuTicks sums utime+stime of the processes (fields 14 and 15 of
+// /proc/PID/stat). A process that is gone counts 0.
+func cpuTicks(pids []int) int64 {
+	var total int64
+	for _, pid := range pids {
+		if pid <= 0 {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// The command name (field 2) may hold spaces; fields resume after its ')'.
+		i := strings.LastIndexByte(string(data), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(data[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += u + st
+	}
+	return total
 }
 
 // procMemory reads VmRSS and VmHWM (kB) from /proc/PID/status.

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -55,16 +57,41 @@ func runTable(args []string) error {
 	return nil
 }
 
-func printTable(w io.Writer, results []Result) {
-	fmt.Fprintf(w, "| %-24s | %3s | %9s | %8s | %8s | %8s | %7s | %8s |\n", "system", "c", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "RSS MB")
-	fmt.Fprintf(w, "|%s|%s|%s|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 26), "----:", "----------:", "---------:", "---------:", "---------:", "--------:", "---------:")
-	for _, r := range results {
-		rss := ""
-		if r.RSSkB > 0 {
-			rss = fmt.Sprintf("%.1f", float64(r.RSSkB)/1024)
+// rowOrder groups the table: the LDAP ceilings, then each daemon without
+// and with its cache.
+var rowOrder = []string{"ldap-bind", "ldap-search+bind", labelCyrus, labelMine, labelCyrusCache, labelMineCache}
+
+func printTable(w io.Writer, all []Result) {
+	var results []Result
+	for _, r := range all {
+		if !strings.HasPrefix(r.Label, "mem:") {
+			results = append(results, r)
 		}
-		fmt.Fprintf(w, "| %-24s | %3d | %9.0f | %8.2f | %8.2f | %8.1f | %7d | %8s |\n",
-			r.Label, r.Concurrency, r.RPS, r.P50ms, r.P99ms, r.MaxMs, r.Errors, rss)
+	}
+	rank := func(label string) int {
+		if i := slices.Index(rowOrder, label); i >= 0 {
+			return i
+		}
+		return len(rowOrder)
+	}
+	slices.SortStableFunc(results, func(a, b Result) int {
+		return cmp.Or(cmp.Compare(rank(a.Label), rank(b.Label)), cmp.Compare(a.Concurrency, b.Concurrency))
+	})
+	fmt.Fprintf(w, "| %-17s | %3s | %8s | %7s | %7s | %7s | %6s | %10s | %9s | %6s |\n",
+		"system", "c", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "daemon CPU", "slapd CPU", "RSS MB")
+	fmt.Fprintf(w, "| %-17s | %3s | %8s | %7s | %7s | %7s | %6s | %10s | %9s | %6s |\n",
+		"", "", "", "", "", "", "", "us/req", "us/req", "")
+	fmt.Fprintf(w, "|%s|----:|---------:|--------:|--------:|--------:|-------:|-----------:|----------:|-------:|\n", strings.Repeat("-", 19))
+	opt := func(v float64, format string) string {
+		if v <= 0 {
+			return ""
+		}
+		return fmt.Sprintf(format, v)
+	}
+	for _, r := range results {
+		fmt.Fprintf(w, "| %-17s | %3d | %8.0f | %7.2f | %7.2f | %7.1f | %6d | %10s | %9s | %6s |\n",
+			r.Label, r.Concurrency, r.RPS, r.P50ms, r.P99ms, r.MaxMs, r.Errors,
+			opt(r.DaemonCPUus, "%.0f"), opt(r.SlapdCPUus, "%.0f"), opt(float64(r.RSSkB)/1024, "%.1f"))
 	}
 	for _, r := range results {
 		if r.Errors > 0 {
@@ -99,6 +126,11 @@ func printTable(w io.Writer, results []Result) {
 			target = fmt.Sprintf("   target >= %.0fx: %s", targetNoCacheRPS, verdict(ratio >= targetNoCacheRPS && mine.Errors == 0))
 		}
 		fmt.Fprintf(w, "  no cache   c=%-2d req/s %5.2fx%s\n", c, ratio, target)
+		if mine.DaemonCPUus > 0 && cyrus.DaemonCPUus > 0 {
+			fmt.Fprintf(w, "  no cache   c=%-2d CPU per request: daemon %5.2fx, slapd %5.2fx, both %5.2fx\n", c,
+				mine.DaemonCPUus/cyrus.DaemonCPUus, mine.SlapdCPUus/cyrus.SlapdCPUus,
+				(mine.DaemonCPUus+mine.SlapdCPUus)/(cyrus.DaemonCPUus+cyrus.SlapdCPUus))
+		}
 		if c == measureConcurrency && cyrus.P99ms > 0 {
 			p := mine.P99ms / cyrus.P99ms
 			fmt.Fprintf(w, "  no cache   c=%-2d p99   %5.2fx   target <= 0.33x: %s\n", c, p, verdict(p <= targetP99))
@@ -117,7 +149,7 @@ func printTable(w io.Writer, results []Result) {
 		fmt.Fprintf(w, "  with cache c=%-2d req/s %5.2fx%s\n", c, ratio, target)
 	}
 	var memRows []Result
-	for _, r := range results {
+	for _, r := range all {
 		if strings.HasPrefix(r.Label, "mem:") && r.RSSkB > 0 {
 			memRows = append(memRows, r)
 		}

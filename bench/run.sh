@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: mailauthd vs Cyrus saslauthd 2.1.x (-a ldap), same
+# slapd, same closed-loop load generator (bench/loadgen), same socket
+# protocol. Prints one table, the ratios measured in this run, and
+# mailauthd's resident memory with 10,000 cached users over a long run.
+#
+# usage: bench/run.sh [path/to/mailauthd]      (make bench passes bin/mailauthd)
+#
+# Knobs (environment): BENCH_USERS (10000), BENCH_CONCURRENCY ("1 8 32"),
+# BENCH_DURATION per cell (4s), BENCH_WARMUP (1s), BENCH_LONG_STEPS and
+# BENCH_LONG_STEP (4 x 30s: the memory-growth run at c=32), BENCH_RESULTS
+# (also copy the raw JSON lines there), BENCH_KEEP=1 (keep the temp dir).
+#
+# Everything runs on loopback in a temp dir; everything started is stopped on
+# exit. Needs slapd and saslauthd (scripts/install-deps.sh) and Go.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+bin=${1:-bin/mailauthd}
+users=${BENCH_USERS:-10000}
+concs=${BENCH_CONCURRENCY:-"1 8 32"}
+dur=${BENCH_DURATION:-4s}
+warm=${BENCH_WARMUP:-1s}
+long_steps=${BENCH_LONG_STEPS:-4}
+long_step=${BENCH_LONG_STEP:-30s}
+# The workload every cell uses: 90% of requests for a hot set of 100 users,
+# the rest spread over the whole directory; 5% wrong passwords.
+load=(-users "$users" -hot 100 -hotfrac 0.9 -wrong 0.05 -d "$dur" -warmup "$warm")
+
+for tool in /usr/sbin/slapd /usr/sbin/saslauthd; do
+  [ -x "$tool" ] || { echo "bench: $tool missing; run scripts/install-deps.sh (make deps)" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/mailauthd-bench.XXXXXX)
+pids=()
+cyrus_dirs=()
+cleanup() {
+  set +e
+  for d in "${cyrus_dirs[@]}"; do
+    [ -s "$d/saslauthd.pid" ] && kill "$(cat "$d/saslauthd.pid")" 2>/dev/null
+  done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null
+  done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  # slapd belongs to the loadgen slapd helper; if that died hard, stop slapd by its pid file.
+  [ -s "$work/slapd/slapd.pid" ] && kill "$(cat "$work/slapd/slapd.pid")" 2>/dev/null
+  if [ "${BENCH_KEEP:-}" = 1 ]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+wait_for() { # wait_for FILE-OR-SOCKET PID WHAT
+  for _ in $(seq 300); do
+    [ -e "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || { log "$3 exited during start-up"; return 1; }
+    sleep 0.1
+  done
+  log "$3 not ready after 30s"
+  return 1
+}
+
+log "building loadgen and mailauthd"
+go build -o "$work/loadgen" ./bench/loadgen
+if [ ! -x "$bin" ]; then
+  go build -o "$work/mailauthd" ./cmd/mailauthd
+  bin=$work/mailauthd
+fi
+bin=$(realpath "$bin")
+lg=$work/loadgen
+
+log "starting slapd with $users generated users"
+"$lg" slapd -dir "$work/slapd" -users "$users" -ready "$work/ldap-url" >"$work/slapd.log" 2>&1 &
+pids+=($!)
+wait_for "$work/ldap-url" "${pids[-1]}" slapd || { cat "$work/slapd.log" >&2; exit 1; }
+url=$(cat "$work/ldap-url")
+service_dn="cn=mailauthd,ou=services,dc=example,dc=org"
+service_pw=servicepw
+base="ou=people,dc=example,dc=org"
+
+# One saslauthd.conf for both daemons: Cyrus reads it with -O, mailauthd
+# with --saslauthd-conf (the migration path), so the LDAP side is identical.
+conf=$work/saslauthd.conf
+cat >"$conf" <<EOF
+ldap_servers: $url
+ldap_bind_dn: $service_dn
+ldap_bind_pw: $service_pw
+ldap_search_base: $base
+ldap_filter: (uid=%u)
+ldap_scope: sub
+ldap_timeout: 5
+ldap_time_limit: 5
+EOF
+chmod 600 "$conf"
+
+# Cyrus: daemonized (-d would log every request), 5 workers as Debian ships it.
+start_cyrus() { # start_cyrus NAME [saslauthd flags...]
+  local dir=$work/$1; shift
+  mkdir -p "$dir"
+  cyrus_dirs+=("$dir")
+  /usr/sbin/saslauthd -a ldap -n 5 -O "$conf" -m "$dir" "$@"
+  for _ in $(seq 100); do [ -S "$dir/mux" ] && [ -s "$dir/saslauthd.pid" ] && return 0; sleep 0.1; done
+  log "Cyrus saslauthd ($dir) did not start"; return 1
+}
+
+# mailauthd: the same LDAP settings; its host rule stays on (the generated
+# users carry host: *), so it does strictly more than Cyrus.
+start_mailauthd() { # start_mailauthd NAME CACHE_TTL
+  local dir=$work/$1
+  mkdir -p "$dir"
+  cat >"$dir/mailauthd.yaml" <<EOF
+listen:
+  saslauthd:
+    - path: $dir/mux
+      mode: "0666"
+  control:
+    path: $dir/control
+cache:
+  ttl: $2
+  size: 10000
+log:
+  level: warn
+EOF
+  "$bin" serve --config "$dir/mailauthd.yaml" --saslauthd-conf "$conf" >"$dir/log" 2>&1 &
+  pids+=($!)
+  echo $! >"$dir/pid"
+  wait_for "$dir/mux" "$!" "mailauthd ($1)" || { cat "$dir/log" >&2; return 1; }
+}
+
+results=$work/results.jsonl
+cell() { # cell LABEL C [loadgen run flags...]
+  local label=$1 c=$2; shift 2
+  "$lg" run -label "$label" -c "$c" -out "$results" "$@" >/dev/null ||
+    log "cell $label c=$c failed"
+}
+
+start_cyrus cyrus
+start_cyrus cyrus-cache -c
+start_mailauthd mailauthd 0s
+start_mailauthd mailauthd-cache 60s
+
+slapd_pid=$(cat "$work/slapd/slapd.pid")
+cyrus_pids() { # the master and its workers
+  local m; m=$(cat "$work/$1/saslauthd.pid")
+  echo "$m $(pgrep -P "$m" | tr '\n' ' ')" | tr -s ' ' ','
+}
+daemon() { # daemon NAME: loadgen flags naming its socket and processes
+  if [ -s "$work/$1/saslauthd.pid" ]; then
+    echo "-socket $work/$1/mux -cpupids $(cyrus_pids "$1") -slapdpid $slapd_pid"
+  else
+    echo "-socket $work/$1/mux -cpupids $(cat "$work/$1/pid") -pid $(cat "$work/$1/pid") -slapdpid $slapd_pid"
+  fi
+}
+
+log "measuring (each cell $warm warm-up + $dur)"
+for c in $concs; do
+  cell ldap-bind "$c" -mode bind -url "$url" -base "$base" -slapdpid "$slapd_pid" "${load[@]}"
+  cell ldap-search+bind "$c" -mode searchbind -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw" \
+    -slapdpid "$slapd_pid" "${load[@]}"
+  # Interleaved, so that a noisy neighbour hits both sides of a ratio alike.
+  for d in cyrus mailauthd cyrus-cache mailauthd-cache; do
+    # shellcheck disable=SC2046 # word splitting wanted: daemon prints flags
+    cell "$d" "$c" $(daemon "$d") "${load[@]}"
+  done
+done
+
+log "memory: a fresh mailauthd with the cache; fill it with all $users users, then ${long_steps} x $long_step at c=32"
+start_mailauthd mailauthd-mem 600s
+mem_pid=$(cat "$work/mailauthd-mem/pid")
+mem_sock=$work/mailauthd-mem/mux
+"$lg" run -label "mem:idle" -c 1 -socket "$mem_sock" -pid "$mem_pid" -users "$users" -hot 0 -wrong 0 -d 200ms -warmup 0s -out "$results" >/dev/null
+"$lg" run -label "mem:after filling $users users" -c 32 -socket "$mem_sock" -pid "$mem_pid" -users "$users" -hot 0 -wrong 0 -seq \
+  -d "${BENCH_FILL:-8s}" -warmup 0s -out "$results" >/dev/null
+for i in $(seq "$long_steps"); do
+  "$lg" run -label "mem:long run step $i ($long_step, c=32)" -c 32 -socket "$mem_sock" -pid "$mem_pid" \
+    -users "$users" -hot 100 -hotfrac 0.5 -wrong 0.05 -d "$long_step" -warmup 0s -out "$results" >/dev/null
+done
+
+echo
+echo "mailauthd vs Cyrus saslauthd -- $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "peers: $(/usr/sbin/slapd -VV 2>&1 | grep -o 'slapd [0-9.]*' | head -1), saslauthd $(/usr/sbin/saslauthd -v 2>&1 | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1) -a ldap -n 5, $users users, indexed uid"
+echo "load: closed loop, new socket connection per request (as libsasl2), 90% of requests to 100 hot users, 10% spread, 5% wrong passwords;"
+echo "      every answer checked (good password = OK, wrong = NO); cells $warm warm-up + $dur"
+echo
+"$lg" table -in "$results"
+if [ -n "${BENCH_RESULTS:-}" ]; then cp "$results" "$BENCH_RESULTS"; fi

@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/mailauthd
 
-.PHONY: all build deps demo test unit integration bench fuzz vet fmt clean
+.PHONY: all build deps demo test unit bench fuzz vet fmt install deb clean
 
 all: build
 
@@ -33,6 +33,34 @@ bench: deps build
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+# Short fuzz runs of every parser (FUZZTIME each).
+FUZZTIME ?= 20s
+fuzz:
+	@for pkg in $$(go list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+PREFIX  ?= /usr
+DESTDIR ?=
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mailauthd
+	install -D -m 0640 packaging/mailauthd.yaml $(DESTDIR)/etc/mailauthd/mailauthd.yaml
+	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) packaging/systemd/mailauthd.service \
+	  packaging/systemd/mailauthd.socket packaging/systemd/mailauthd-control.socket \
+	  packaging/pamcheck/systemd/mailauthd-pamcheck.service \
+	  packaging/pamcheck/systemd/mailauthd-pamcheck.path packaging/pamcheck/systemd/mailauthd-pamcheck.timer
+	install -D -m 0644 packaging/sysusers.d/mailauthd.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/mailauthd.conf
+	install -D -m 0644 packaging/tmpfiles.d/mailauthd.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/mailauthd.conf
+	install -D -m 0644 packaging/pamcheck/apt/50mailauthd-pamcheck $(DESTDIR)/etc/apt/apt.conf.d/50mailauthd-pamcheck
+	install -d -m 0700 $(DESTDIR)/var/lib/mailauthd/pamcheck
+
+# A Debian package built from the same install tree (dpkg-deb only).
+deb: build
+	bash packaging/deb/build.sh $(VERSION)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -131,6 +131,9 @@ func Load(path, saslauthdConf string) (*File, error) {
 			return nil, err
 		}
 	}
+	// The attributes Dovecot fields are mapped from come with the user's
+	// search, so a checkpassword lookup costs no second query.
+	f.LDAP.Attributes = f.Checkpassword.MergeAttributes(f.LDAP.Attributes)
 	return f, nil
 }
 
@@ -269,8 +272,8 @@ func (f *File) Validate() error {
 	if f.Cache.TTL > 0 && f.Cache.Size == 0 {
 		f.Cache.Size = 10000
 	}
-	if f.Checkpassword.Timeout <= 0 {
-		bad("checkpassword.timeout must be positive")
+	if err := f.Checkpassword.Validate(); err != nil {
+		bad("%v", err)
 	}
 	switch f.Log.Format {
 	case "text", "json":

@@ -167,3 +167,14 @@ func FuzzParseSaslauthdConf(f *testing.F) {
 		}
 	})
 }
+
+// The sample shipped to /etc/mailauthd must load as it is.
+func TestShippedSampleLoads(t *testing.T) {
+	f, err := Load("../packaging/mailauthd.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Listen.Control.Group != "dovecot" || f.Access.HostAttribute != "host" || f.Cache.TTL != 0 {
+		t.Errorf("unexpected sample values: %+v %+v", f.Listen.Control, f.Access)
+	}
+}

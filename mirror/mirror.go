@@ -1,0 +1,361 @@
+// Package mirror keeps a local copy of the non-secret part of the user
+// directory (each user's DN and the attributes the access rules and field
+// mappings need), so that an authentication costs one LDAP bind instead of
+// a search and a bind.
+//
+// The mirror is an optimisation, never an authority: the password is
+// always checked by the LDAP server (the bind), and whenever the mirror
+// cannot be sure it would find exactly the entry the search would find, it
+// says "miss" and the caller does the full search and bind. In particular:
+//   - only filters of the form (attr=%u), alone or inside a conjunction of
+//     token-free assertions, are mirrored; anything else disables it;
+//   - a login is answered only if it consists of plain ASCII characters and
+//     exactly one mirrored entry has that exact value, with no other entry
+//     whose value could be equal under LDAP's case-folding and space rules
+//     (RFC 4518); while any value holds non-ASCII text, the mirror stays off,
+//     because Unicode normalisation could make it equal to an ASCII login;
+//   - a mirror older than MaxStale (refreshes failing) answers nothing.
+//
+// A refresh is a full paged search every Refresh interval. Access changes in
+// the directory (host, service attributes) reach the mirror within one
+// interval, as with a cache TTL; a deleted or moved entry fails its bind and
+// the caller falls back to a search.
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// Defaults for the zero Config fields.
+const (
+	DefaultRefresh    = time.Minute
+	DefaultPageSize   = 500
+	DefaultMaxEntries = 1_000_000
+)
+
+// Searcher is the part of an LDAP connection a refresh needs; *ldap.Conn
+// implements it.
+type Searcher interface {
+	SearchWithPaging(req *ldap.SearchRequest, pageSize uint32) (*ldap.SearchResult, error)
+}
+
+// Dialer gives the mirror a connection bound as the service account (the
+// same one the caller searches with), and a function to release it. The
+// caller owns TLS, failover and timeouts, so the mirror never weakens them;
+// the connection must not outlive ctx's deadline (set it on the socket).
+type Dialer func(ctx context.Context) (s Searcher, release func(), err error)
+
+// Config says what to mirror.
+type Config struct {
+	Base       string   // search base, no tokens
+	Scope      int      // ldap.ScopeWholeSubtree, ScopeSingleLevel or ScopeBaseObject
+	Filter     string   // the authentication filter, e.g. (uid=%u)
+	Attributes []string // attributes to keep with each entry (host, service, mapped fields)
+	// Refresh is how often the whole mirror is reloaded (default 1 min):
+	// the bound on how long a changed host/service attribute may go unseen.
+	Refresh time.Duration
+	// MaxStale is how old the last good refresh may be before the mirror
+	// answers nothing (default 3 × Refresh).
+	MaxStale time.Duration
+	// Timeout bounds one whole refresh (default Refresh / 2).
+	Timeout    time.Duration
+	PageSize   uint32 // default DefaultPageSize
+	MaxEntries int    // refuse to mirror a larger directory (default DefaultMaxEntries)
+}
+
+// Mirror is safe for concurrent use. Lookups never block on a refresh.
+type Mirror struct {
+	cfg     Config
+	keyAttr string // attribute the login is matched against
+	filter  string // refresh filter: Filter with (attr=%u) as (attr=*)
+	attrs   []string
+	dial    Dialer
+	log     *slog.Logger
+	now     func() time.Time
+
+	snap atomic.Pointer[snapshot]
+
+	stopOnce sync.Once
+	started  atomic.Bool
+	ctx      context.Context // cancelled by Close: ends a refresh in flight
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+type snapshot struct {
+	at time.Time
+	// byValue maps an exact attribute value to its entry; only values
+	// whose folded form belongs to exactly one entry are here.
+	byValue map[string]*ldap.Entry
+	entries int
+	// off is set when the directory holds a value the mirror cannot fold
+	// safely (non-ASCII): every lookup is a miss.
+	off string
+}
+
+// ErrUnsupported means the configuration cannot be mirrored safely; the
+// caller keeps doing search+bind.
+var ErrUnsupported = errors.New("mirror: unsupported")
+
+// New checks that cfg can be mirrored and returns a Mirror that has not
+// loaded anything yet: call Start.
+func New(cfg Config, dial Dialer, log *slog.Logger) (*Mirror, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	keyAttr, filter, err := refreshFilter(cfg.Filter)
+	if err != nil {
+		return nil, err
+	}
+	if strings.Contains(cfg.Base, "%") {
+		return nil, fmt.Errorf("%w: search base %q has tokens", ErrUnsupported, cfg.Base)
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = DefaultRefresh
+	}
+	if cfg.MaxStale <= 0 {
+		cfg.MaxStale = 3 * cfg.Refresh
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = cfg.Refresh / 2
+	}
+	if cfg.PageSize == 0 {
+		cfg.PageSize = DefaultPageSize
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	attrs := []string{keyAttr}
+	for _, a := range cfg.Attributes {
+		if !strings.EqualFold(a, keyAttr) {
+			attrs = append(attrs, a)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Mirror{
+		cfg: cfg, keyAttr: keyAttr, filter: filter, attrs: attrs, dial: dial, log: log, now: time.Now,
+		ctx: ctx, cancel: cancel, done: make(chan struct{}),
+	}, nil
+}
+
+// refreshFilter accepts a filter whose only token is one %u standing as the
+// whole value of an equality assertion, e.g. (uid=%u) or
+// (&(objectClass=posixAccount)(uid=%u)), and returns the attribute and the
+// filter with that assertion turned into a presence test.
+func refreshFilter(f string) (attr, refresh string, err error) {
+	unsupported := func(why string) (string, string, error) {
+		return "", "", fmt.Errorf("%w: filter %q: %s", ErrUnsupported, f, why)
+	}
+	if strings.Count(f, "%") != 1 || strings.Count(f, "%u") != 1 {
+		return unsupported("only a single %u token can be mirrored")
+	}
+	i := strings.Index(f, "=%u)")
+	if i < 0 {
+		return unsupported("%u must be the whole value of an equality assertion")
+	}
+	open := strings.LastIndexByte(f[:i], '(')
+	if open < 0 {
+		return unsupported("malformed")
+	}
+	attr = f[open+1 : i]
+	if attr == "" || strings.ContainsAny(attr, "()&|!=<>~*:\\ ") {
+		return unsupported("%u must be the whole value of an equality assertion")
+	}
+	// Negation anywhere would turn "has this value" into "lacks it".
+	if strings.Contains(f, "!") || strings.Contains(f, "|") {
+		return unsupported("negation and disjunction cannot be mirrored")
+	}
+	refresh = f[:i] + "=*)" + f[i+len("=%u)"):]
+	if _, err := ldap.CompileFilter(refresh); err != nil {
+		return unsupported(err.Error())
+	}
+	return attr, refresh, nil
+}
+
+// Start loads the mirror once (returning that error, if any: the caller may
+// go on without it) and keeps refreshing it until Close.
+func (m *Mirror) Start(ctx context.Context) error {
+	err := m.Refresh(ctx)
+	if m.started.CompareAndSwap(false, true) {
+		go m.loop()
+	}
+	return err
+}
+
+func (m *Mirror) loop() {
+	defer close(m.done)
+	t := time.NewTicker(m.cfg.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
+			if err := m.Refresh(ctx); err != nil {
+				m.log.Warn("mirror refresh failed; lookups fall back to LDAP search when it is too old",
+					"err", err, "max_stale", m.cfg.MaxStale)
+			}
+			cancel()
+		}
+	}
+}
+
+// Close stops the refreshes. Lookups keep answering from the last snapshot
+// until it is too old.
+func (m *Mirror) Close() {
+	m.stopOnce.Do(m.cancel)
+	if m.started.Load() {
+		<-m.done
+	}
+}
+
+// Refresh reloads the whole mirror now.
+func (m *Mirror) Refresh(ctx context.Context) error {
+	s, release, err := m.dial(ctx)
+	if err != nil {
+		return fmt.Errorf("mirror: connect: %w", err)
+	}
+	defer release()
+	started := m.now()
+	timeLimit := 0
+	if dl, ok := ctx.Deadline(); ok {
+		timeLimit = max(1, int(time.Until(dl).Seconds()))
+	}
+	req := ldap.NewSearchRequest(m.cfg.Base, m.cfg.Scope, ldap.NeverDerefAliases,
+		m.cfg.MaxEntries+1, timeLimit, false, m.filter, m.attrs, nil)
+	res, err := s.SearchWithPaging(req, m.cfg.PageSize)
+	if err != nil {
+		return fmt.Errorf("mirror: search: %w", err)
+	}
+	if len(res.Entries) > m.cfg.MaxEntries {
+		return fmt.Errorf("mirror: more than %d entries", m.cfg.MaxEntries)
+	}
+	snap := build(res.Entries, m.keyAttr)
+	snap.at = started
+	m.snap.Store(snap)
+	if snap.off != "" {
+		m.log.Warn("mirror disabled for this snapshot; every login uses search+bind", "reason", snap.off)
+	}
+	m.log.Debug("mirror refreshed", "entries", snap.entries, "logins", len(snap.byValue), "took", m.now().Sub(started))
+	return nil
+}
+
+func build(entries []*ldap.Entry, keyAttr string) *snapshot {
+	snap := &snapshot{byValue: make(map[string]*ldap.Entry, len(entries))}
+	// owners counts the distinct entries per folded value: two entries whose
+	// values fold alike are what the server's search could find together.
+	type owner struct {
+		entry *ldap.Entry
+		count int
+	}
+	owners := make(map[string]*owner, len(entries))
+	exact := make(map[string]*ldap.Entry, len(entries))
+	for _, le := range entries {
+		e := le
+		seen := map[string]bool{}
+		for _, v := range le.GetEqualFoldAttributeValues(keyAttr) {
+			fk, ok := fold(v)
+			if !ok {
+				snap.off = fmt.Sprintf("entry %s has a non-ASCII %s value", le.DN, keyAttr)
+				return snap
+			}
+			exact[v] = e
+			if seen[fk] {
+				continue
+			}
+			seen[fk] = true
+			if o := owners[fk]; o != nil {
+				o.count++
+			} else {
+				owners[fk] = &owner{entry: e, count: 1}
+			}
+		}
+		snap.entries++
+	}
+	for v, e := range exact {
+		fk, _ := fold(v)
+		if o := owners[fk]; o.count == 1 && o.entry == e {
+			snap.byValue[v] = e
+		}
+	}
+	return snap
+}
+
+// fold maps a value to what LDAP's case-ignoring matching (RFC 4518) could
+// treat as equal: ASCII lower case, without spaces and control characters.
+// It refuses non-ASCII text, whose normalisation it cannot reproduce.
+func fold(v string) (string, bool) {
+	var b strings.Builder
+	b.Grow(len(v))
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c >= 0x80:
+			return "", false
+		case c <= ' ' || c == 0x7f:
+			continue
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	return b.String(), true
+}
+
+// plainLogin is the set of logins the mirror answers for: printable ASCII
+// without spaces, so that the exact value is the only spelling to check.
+func plainLogin(s string) bool {
+	if s == "" || len(s) > 256 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// Lookup returns the entry the search for login would find, as that search
+// returned it at the last refresh; it is shared and must not be modified.
+// ok is false
+// when the mirror is not sure: unknown login, ambiguous, unusual
+// characters, never loaded, or older than MaxStale. The caller then does
+// the full search.
+func (m *Mirror) Lookup(login string) (e *ldap.Entry, ok bool) {
+	s := m.snap.Load()
+	if s == nil || s.off != "" || !plainLogin(login) {
+		return nil, false
+	}
+	if m.now().Sub(s.at) > m.cfg.MaxStale {
+		return nil, false
+	}
+	e, ok = s.byValue[login]
+	return e, ok
+}
+
+// Len is the number of logins the mirror answers for.
+func (m *Mirror) Len() int {
+	if s := m.snap.Load(); s != nil {
+		return len(s.byValue)
+	}
+	return 0
+}
+
+// Age is how old the current snapshot is; -1 before the first load.
+func (m *Mirror) Age() time.Duration {
+	if s := m.snap.Load(); s != nil {
+		return m.now().Sub(s.at)
+	}
+	return -1
+}

@@ -1,0 +1,259 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/mailauthd/mailauthd/internal/slapdtest"
+)
+
+func TestRefreshFilter(t *testing.T) {
+	tests := []struct {
+		filter, attr, refresh string
+	}{
+		{"(uid=%u)", "uid", "(uid=*)"},
+		{"(&(objectClass=posixAccount)(uid=%u))", "uid", "(&(objectClass=posixAccount)(uid=*))"},
+		{"(&(mail=%u)(accountStatus=active))", "mail", "(&(mail=*)(accountStatus=active))"},
+		// Unsupported: the mirror could not know which entry the search finds.
+		{"(|(uid=%u)(mail=%u))", "", ""},
+		{"(&(uid=%u)(!(employeeType=disabled)))", "", ""},
+		{"(uid=%U)", "", ""},
+		{"(mail=%U@%d)", "", ""},
+		{"(uid=%u*)", "", ""},
+		{"(uid=x%u)", "", ""},
+		{"(uid>=%u)", "", ""},
+		{"(uid=%u)(%%)", "", ""},
+		{"(objectClass=*)", "", ""},
+	}
+	for _, tt := range tests {
+		attr, refresh, err := refreshFilter(tt.filter)
+		if tt.attr == "" {
+			if !errors.Is(err, ErrUnsupported) {
+				t.Errorf("%s: err = %v, want ErrUnsupported", tt.filter, err)
+			}
+			continue
+		}
+		if err != nil || attr != tt.attr || refresh != tt.refresh {
+			t.Errorf("%s: got %q %q %v, want %q %q", tt.filter, attr, refresh, err, tt.attr, tt.refresh)
+		}
+	}
+}
+
+// fakeDir is an in-memory Searcher for the folding and staleness rules.
+type fakeDir struct {
+	entries []*ldap.Entry
+	err     error
+}
+
+func (f *fakeDir) SearchWithPaging(*ldap.SearchRequest, uint32) (*ldap.SearchResult, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &ldap.SearchResult{Entries: f.entries}, nil
+}
+
+func entry(dn string, uids ...string) *ldap.Entry {
+	return ldap.NewEntry(dn, map[string][]string{"uid": uids, "host": {"*"}})
+}
+
+func newFake(t *testing.T, d *fakeDir, cfg Config) *Mirror {
+	t.Helper()
+	if cfg.Filter == "" {
+		cfg.Filter = "(uid=%u)"
+	}
+	m, err := New(cfg, func(context.Context) (Searcher, func(), error) { return d, func() {}, nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestLookupAnswersOnlyWhenSure(t *testing.T) {
+	d := &fakeDir{entries: []*ldap.Entry{
+		entry("uid=alice,dc=x", "alice"),
+		entry("uid=bob,dc=x", "bob", "robert"),
+		// Two entries whose values LDAP's caseIgnoreMatch treats as equal.
+		entry("uid=carol,dc=x", "carol"),
+		entry("uid=Carol,ou=other,dc=x", "Carol"),
+		// Insignificant spaces (RFC 4518) make "dave " equal to "dave".
+		entry("uid=dave,dc=x", "dave"),
+		entry("uid=dave2,dc=x", "dave "),
+		// The same value twice in one entry is not ambiguous.
+		entry("uid=erin,dc=x", "erin", "ERIN"),
+	}}
+	m := newFake(t, d, Config{Attributes: []string{"host"}})
+	if _, ok := m.Lookup("alice"); ok {
+		t.Fatal("answered before the first load")
+	}
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		login, dn string // dn "" = miss
+	}{
+		{"alice", "uid=alice,dc=x"},
+		{"bob", "uid=bob,dc=x"},
+		{"robert", "uid=bob,dc=x"},
+		{"Alice", ""}, // not the exact value: the server decides
+		{"carol", ""}, // ambiguous
+		{"Carol", ""}, // ambiguous
+		{"dave", ""},  // ambiguous through spaces
+		{"erin", "uid=erin,dc=x"},
+		{"ERIN", "uid=erin,dc=x"},
+		{"nobody", ""},
+		{"alice ", ""}, // spaces: never answered
+		{"al ice", ""},
+		{"", ""},
+		{"alice\x00", ""},
+		{"ålice", ""},
+	}
+	for _, tt := range tests {
+		e, ok := m.Lookup(tt.login)
+		switch {
+		case tt.dn == "" && ok:
+			t.Errorf("%q: answered %s, want a miss", tt.login, e.DN)
+		case tt.dn != "" && (!ok || e.DN != tt.dn):
+			t.Errorf("%q: got %v %v, want %s", tt.login, e, ok, tt.dn)
+		}
+	}
+	if e, _ := m.Lookup("alice"); e.GetAttributeValue("host") != "*" {
+		t.Errorf("attributes not kept: %v", e.Attributes)
+	}
+}
+
+func TestNonASCIIValueTurnsMirrorOff(t *testing.T) {
+	// "ａlice" (fullwidth a) normalises (NFKC) to "alice" on the server.
+	d := &fakeDir{entries: []*ldap.Entry{entry("uid=alice,dc=x", "alice"), entry("uid=x,dc=x", "\uff41lice")}}
+	m := newFake(t, d, Config{})
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.Lookup("alice"); ok {
+		t.Fatal("answered while a non-ASCII value could equal the login")
+	}
+}
+
+func TestStaleMirrorAnswersNothing(t *testing.T) {
+	d := &fakeDir{entries: []*ldap.Entry{entry("uid=alice,dc=x", "alice")}}
+	m := newFake(t, d, Config{Refresh: time.Minute, MaxStale: 3 * time.Minute})
+	now := time.Now()
+	m.now = func() time.Time { return now }
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Minute)
+	if _, ok := m.Lookup("alice"); !ok {
+		t.Fatal("miss within MaxStale")
+	}
+	// Refreshes fail: the old snapshot ages out.
+	d.err = errors.New("ldap down")
+	if err := m.Refresh(context.Background()); err == nil {
+		t.Fatal("refresh error not reported")
+	}
+	now = now.Add(2 * time.Minute)
+	if _, ok := m.Lookup("alice"); ok {
+		t.Fatal("answered from a snapshot older than MaxStale")
+	}
+	// A good refresh brings it back, and removes deleted users.
+	d.err = nil
+	d.entries = []*ldap.Entry{entry("uid=bob,dc=x", "bob")}
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.Lookup("alice"); ok {
+		t.Fatal("deleted user still answered")
+	}
+	if _, ok := m.Lookup("bob"); !ok {
+		t.Fatal("new user not answered")
+	}
+}
+
+func TestTooManyEntriesKeepsOldSnapshot(t *testing.T) {
+	d := &fakeDir{entries: []*ldap.Entry{entry("uid=alice,dc=x", "alice")}}
+	m := newFake(t, d, Config{MaxEntries: 1})
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d.entries = append(d.entries, entry("uid=bob,dc=x", "bob"))
+	if err := m.Refresh(context.Background()); err == nil {
+		t.Fatal("oversized directory accepted")
+	}
+	if _, ok := m.Lookup("alice"); !ok {
+		t.Fatal("old snapshot dropped")
+	}
+}
+
+func TestUnsupportedConfig(t *testing.T) {
+	dial := func(context.Context) (Searcher, func(), error) { return nil, nil, errors.New("unused") }
+	for _, cfg := range []Config{
+		{Filter: "(|(uid=%u)(mail=%u))"},
+		{Filter: "(uid=%u)", Base: "ou=%d,dc=x"},
+	} {
+		if _, err := New(cfg, dial, nil); !errors.Is(err, ErrUnsupported) {
+			t.Errorf("%+v: err = %v", cfg, err)
+		}
+	}
+}
+
+// TestAgainstSlapd loads a real directory and checks that the mirror finds
+// the same entry as the search, for every generated user.
+func TestAgainstSlapd(t *testing.T) {
+	if !slapdtest.Available() {
+		if os.Getenv("CI") != "" {
+			t.Fatal("slapd not installed")
+		}
+		t.Skip("slapd not installed")
+	}
+	const n = 300
+	s := slapdtest.Start(t, slapdtest.WithUsers(n))
+	dial := func(ctx context.Context) (Searcher, func(), error) {
+		c, err := ldap.DialURL(s.URL(), ldap.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}))
+		if err != nil {
+			return nil, nil, err
+		}
+		c.SetTimeout(10 * time.Second)
+		if err := c.Bind(slapdtest.ServiceDN, slapdtest.ServicePassword); err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		return c, func() { c.Close() }, nil
+	}
+	m, err := New(Config{
+		Base: slapdtest.Suffix, Scope: ldap.ScopeWholeSubtree, Filter: "(&(objectClass=inetOrgPerson)(uid=%u))",
+		Attributes: []string{"host", "mail"}, Refresh: time.Hour, PageSize: 50,
+	}, dial, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.Len() < n {
+		t.Fatalf("mirror holds %d logins, want at least %d (paging?)", m.Len(), n)
+	}
+	for i := 0; i < n; i += 37 {
+		login := "user" + strconv.Itoa(i)
+		e, ok := m.Lookup(login)
+		want := "uid=" + login + "," + slapdtest.PeopleDN
+		if !ok || e.DN != want {
+			t.Fatalf("%s: got %v %v, want %s", login, e, ok, want)
+		}
+		if len(e.GetAttributeValues("host")) == 0 {
+			t.Fatalf("%s: host attribute not mirrored: %v", login, e.Attributes)
+		}
+	}
+	if _, ok := m.Lookup("user" + strconv.Itoa(n)); ok {
+		t.Fatal("a user that does not exist was answered")
+	}
+	if m.Age() < 0 || m.Age() > time.Minute {
+		t.Fatalf("age %v", m.Age())
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -186,6 +187,8 @@ type daemon struct {
 	done   chan struct{}
 	err    error // exit status, valid after done is closed
 
+	sent atomic.Int64 // requests sent by the helpers; each must log one decision
+
 	mu        sync.Mutex
 	passwords []string // every password sent; none may appear in the log
 }
@@ -280,19 +283,29 @@ func (d *daemon) decisionLines() []string {
 	return out
 }
 
-// waitDecision waits for the decision line following the first n and returns it.
-func (d *daemon) waitDecision(n int) string {
+// waitDecisions waits until at least n decision lines are logged (the
+// daemon logs each decision just after writing its reply) and returns them.
+func (d *daemon) waitDecisions(n int) []string {
 	d.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if lines := d.decisionLines(); len(lines) > n {
-			return lines[n]
+		if lines := d.decisionLines(); len(lines) >= n {
+			return lines
 		}
 		if time.Now().After(deadline) {
-			d.t.Fatalf("no decision logged after %d; log:\n%s", n, d.stderr.String())
+			d.t.Fatalf("fewer than %d decisions logged; log:\n%s", n, d.stderr.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// ask sends one request with testsaslauthd and returns the answer and the
+// decision line it produced. Not for use while other requests run.
+func (d *daemon) ask(ctx context.Context, r saslReq) (answer, decision string) {
+	d.t.Helper()
+	n := int(d.sent.Load())
+	answer = d.testsaslauthd(ctx, r)
+	return answer, d.waitDecisions(n + 1)[n]
 }
 
 // logField extracts key's value from a slog text line ("" when absent).
@@ -319,6 +332,7 @@ type saslReq struct {
 func (d *daemon) testsaslauthd(ctx context.Context, r saslReq) string {
 	bin := needBinary(d.t, "/usr/sbin/testsaslauthd", "testsaslauthd")
 	d.addPassword(r.pass)
+	d.sent.Add(1)
 	args := []string{"-u", r.user, "-p", r.pass, "-f", d.socket}
 	if r.service != "" {
 		args = append(args, "-s", r.service)

@@ -201,7 +201,7 @@ func TestPostfixSMTPAuth(t *testing.T) {
 			if !strings.HasPrefix(codeLine, tc.code+" ") {
 				t.Fatalf("AUTH %s %s: reply %q, want %s; swaks output:\n%s", tc.mech, tc.user, codeLine, tc.code, out)
 			}
-			l := d.waitDecision(before)
+			l := d.waitDecisions(before + 1)[before]
 			if got := logField(l, "user"); got != tc.user {
 				t.Errorf("logged user %q, want %q", got, tc.user)
 			}

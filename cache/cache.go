@@ -168,6 +168,16 @@ func (c *Cache) Authenticate(ctx context.Context, req auth.Request) auth.Verdict
 		// decides. The entry stays as it is until that answer is an Accept.
 	}
 	s.misses++
+	return c.miss(ctx, s, req, &id, &ver)
+}
+
+// miss asks the next Authenticator, or waits for an identical request
+// already asking, and stores an Accept. It is a separate function so that
+// the hit path keeps a small stack frame: the front door runs each request
+// on a fresh goroutine, whose stack would otherwise have to grow.
+//
+//go:noinline
+func (c *Cache) miss(ctx context.Context, s *shard, req auth.Request, id, ver *[32]byte) auth.Verdict {
 	var ck [64]byte
 	copy(ck[:32], id[:])
 	copy(ck[32:], ver[:])
@@ -207,7 +217,7 @@ func (c *Cache) Authenticate(ctx context.Context, req auth.Request) auth.Verdict
 	expires := c.now().Add(c.ttl)
 	s.mu.Lock()
 	if c.gen.Load() == gen {
-		s.put(id, ver, expires, stored, c.size)
+		s.put(*id, *ver, expires, stored, c.size)
 	}
 	s.mu.Unlock()
 	return v

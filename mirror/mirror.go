@@ -262,6 +262,11 @@ func build(entries []*ldap.Entry, keyAttr string) *snapshot {
 	exact := make(map[string]*ldap.Entry, len(entries))
 	for _, le := range entries {
 		e := le
+		// go-ldap keeps every value twice (Values and ByteValues); the
+		// access rules read Values only, so halve the mirror's memory.
+		for _, a := range e.Attributes {
+			a.ByteValues = nil
+		}
 		seen := map[string]bool{}
 		for _, v := range le.GetEqualFoldAttributeValues(keyAttr) {
 			fk, ok := fold(v)

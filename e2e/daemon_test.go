@@ -167,6 +167,20 @@ func TestShutdownDrains(t *testing.T) {
 	default:
 	}
 	d.signal(syscall.SIGTERM)
+	// New clients are turned away at once (the socket goes), while the
+	// request already inside keeps waiting for its answer.
+	deadline := time.Now().Add(2 * time.Second)
+	for _, err := os.Stat(sock); err == nil; _, err = os.Stat(sock) {
+		if time.Now().After(deadline) {
+			t.Fatal("socket still there 2s after SIGTERM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case a := <-answer:
+		t.Fatalf("in-flight request answered %q before its LDAP timeout: not a drain", a)
+	default:
+	}
 
 	select {
 	case a := <-answer:

@@ -175,11 +175,15 @@ func TestPostfixSMTPAuth(t *testing.T) {
 		mech, user, pass string
 		code             string // SMTP reply code to AUTH
 		outcome, reason  string // logged by mailauthd
+		loggedUser       string // as mailauthd received it; "" = user
+		realm            string
 	}{
-		{"PLAIN", "alice", "alicepw", "235", "accept", "ok"},
-		{"PLAIN", "alice", "Wrong-Plain-31", "535", "reject", "wrong password"},
-		{"LOGIN", "alice", "alicepw", "235", "accept", "ok"},
-		{"LOGIN", "negated", "negatedpw", "535", "reject", "host not allowed"},
+		{"PLAIN", "alice", "alicepw", "235", "accept", "ok", "", ""},
+		{"PLAIN", "alice", "Wrong-Plain-31", "535", "reject", "wrong password", "", ""},
+		{"LOGIN", "alice", "alicepw", "235", "accept", "ok", "", ""},
+		{"LOGIN", "negated", "negatedpw", "535", "reject", "host not allowed", "", ""},
+		// libsasl2 splits "name@domain" itself and sends the domain as the realm.
+		{"PLAIN", "alice@example.org", "alicepw", "235", "accept", "ok", "alice", "example.org"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.mech+"/"+tc.user+"/"+tc.code, func(t *testing.T) {
@@ -202,8 +206,15 @@ func TestPostfixSMTPAuth(t *testing.T) {
 				t.Fatalf("AUTH %s %s: reply %q, want %s; swaks output:\n%s", tc.mech, tc.user, codeLine, tc.code, out)
 			}
 			l := d.waitDecisions(before + 1)[before]
-			if got := logField(l, "user"); got != tc.user {
-				t.Errorf("logged user %q, want %q", got, tc.user)
+			wantUser := tc.loggedUser
+			if wantUser == "" {
+				wantUser = tc.user
+			}
+			if got := logField(l, "user"); got != wantUser {
+				t.Errorf("logged user %q, want %q", got, wantUser)
+			}
+			if got := logField(l, "realm"); got != tc.realm {
+				t.Errorf("logged realm %q, want %q", got, tc.realm)
 			}
 			if got := logField(l, "service"); got != "smtp" {
 				t.Errorf("logged service %q, want smtp (from libsasl2 in Postfix)", got)
@@ -215,5 +226,10 @@ func TestPostfixSMTPAuth(t *testing.T) {
 				t.Errorf("logged reason %q, want %q", got, tc.reason)
 			}
 		})
+	}
+	// One saslauthd request per AUTH: libsasl2 neither retries nor probes.
+	time.Sleep(100 * time.Millisecond)
+	if got := len(d.decisionLines()); got != len(tests) {
+		t.Errorf("%d decisions logged for %d AUTH commands", got, len(tests))
 	}
 }

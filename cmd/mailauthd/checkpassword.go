@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -79,7 +80,12 @@ func checkpasswordMain(args []string, cio checkpasswordIO) int {
 		log.Error("configuration", "err", err)
 		return checkpassword.ExitTempFail
 	}
-	log = checkpasswordLogger(cio.stderr, cfg.Log)
+	logOut := cio.stderr
+	if cio.getenv("ORIG_UID") != "" && cio.getenv("PROTO") == "TCP" {
+		// Run by Dovecot: stderr is its log pipe.
+		logOut = &dovecotLogWriter{w: cio.stderr}
+	}
+	log = checkpasswordLogger(logOut, cfg.Log)
 
 	// Dovecot waits for us forever; whatever blocks (a pipe, a stuck
 	// LDAP server ignoring deadlines), this run ends as a temporary failure.
@@ -292,4 +298,30 @@ func checkpasswordDropTime(groups []string, a slog.Attr) slog.Attr {
 		return slog.Attr{}
 	}
 	return a
+}
+
+// dovecotLogWriter tags each line with Dovecot's internal log prefix
+// (lib/failures.c: 0x01, log type + 1, optional pid, space), so Dovecot
+// files our lines as Info/Warning/Error instead of logging every line of a
+// child's stderr as "Error".
+type dovecotLogWriter struct{ w io.Writer }
+
+func (d *dovecotLogWriter) Write(p []byte) (int, error) {
+	typ := byte(4) // error
+	switch {
+	case bytes.HasPrefix(p, []byte("level=DEBUG")), bytes.HasPrefix(p, []byte(`{"level":"DEBUG"`)):
+		typ = 1
+	case bytes.HasPrefix(p, []byte("level=INFO")), bytes.HasPrefix(p, []byte(`{"level":"INFO"`)):
+		typ = 2
+	case bytes.HasPrefix(p, []byte("level=WARN")), bytes.HasPrefix(p, []byte(`{"level":"WARN"`)):
+		typ = 3
+	}
+	// One write per record keeps lines whole on the shared pipe.
+	line := make([]byte, 0, len(p)+3)
+	line = append(line, 0x01, typ, ' ')
+	line = append(line, p...)
+	if _, err := d.w.Write(line); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

@@ -128,7 +128,9 @@ checkpassword:
 
 func newCPWorld(t testing.TB) *cpWorld {
 	t.Helper()
-	s := slapdtest.Start(t)
+	s := slapdtest.Start(t, slapdtest.WithLDIF(
+		filepath.Join(slapdtest.TestdataDir(), "users.ldif"),
+		filepath.Join(slapdtest.TestdataDir(), "..", "dovecot", "users.ldif")))
 	w := &cpWorld{dir: publicTempDir(t), slapd: s}
 	w.sock = filepath.Join(w.dir, "control")
 	pwFile := filepath.Join(w.dir, "bindpw")

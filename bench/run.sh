@@ -77,12 +77,16 @@ log "starting slapd with $users generated users"
 pids+=($!)
 wait_for "$work/ldap-url" "${pids[-1]}" slapd || { cat "$work/slapd.log" >&2; exit 1; }
 url=$(cat "$work/ldap-url")
-service_dn="cn=mailauthd,ou=services,dc=example,dc=org"
-service_pw=servicepw
+# The search account: the directory's admin DN, because slapd's default size
+# limit (500) would cut the mirror's full load short; a site gives its
+# service account "limits dn.exact=... size=unlimited" instead. Both daemons
+# use the same account, so the comparison stays even.
+service_dn="cn=admin,dc=example,dc=org"
+service_pw=adminpw
 base="ou=people,dc=example,dc=org"
 
-# One saslauthd.conf for both daemons: Cyrus reads it with -O, mailauthd
-# with --saslauthd-conf (the migration path), so the LDAP side is identical.
+# The LDAP settings, the same for both daemons: Cyrus's saslauthd.conf,
+# and mailauthd's YAML ldap: section below.
 conf=$work/saslauthd.conf
 cat >"$conf" <<EOF
 ldap_servers: $url
@@ -95,6 +99,8 @@ ldap_timeout: 5
 ldap_time_limit: 5
 EOF
 chmod 600 "$conf"
+printf '%s\n' "$service_pw" >"$work/service.pw"
+chmod 600 "$work/service.pw"
 
 # Cyrus: daemonized (-d would log every request), 5 workers as Debian ships it.
 start_cyrus() { # start_cyrus NAME [saslauthd flags...]
@@ -108,7 +114,7 @@ start_cyrus() { # start_cyrus NAME [saslauthd flags...]
 
 # mailauthd: the same LDAP settings; its host rule stays on (the generated
 # users carry host: *), so it does strictly more than Cyrus.
-start_mailauthd() { # start_mailauthd NAME CACHE_TTL
+start_mailauthd() { # start_mailauthd NAME CACHE_TTL [MIRROR_REFRESH]
   local dir=$work/$1
   mkdir -p "$dir"
   cat >"$dir/mailauthd.yaml" <<EOF
@@ -118,13 +124,21 @@ listen:
       mode: "0666"
   control:
     path: $dir/control
+ldap:
+  urls: [$url]
+  bind_dn: $service_dn
+  bind_password_file: $work/service.pw
+  base: $base
+  filter: (uid=%u)
+  scope: sub
+${3:+  mirror_refresh: $3}
 cache:
   ttl: $2
   size: 10000
 log:
   level: warn
 EOF
-  "$bin" serve --config "$dir/mailauthd.yaml" --saslauthd-conf "$conf" >"$dir/log" 2>&1 &
+  "$bin" serve --config "$dir/mailauthd.yaml" >"$dir/log" 2>&1 &
   pids+=($!)
   echo $! >"$dir/pid"
   wait_for "$dir/mux" "$!" "mailauthd ($1)" || { cat "$dir/log" >&2; return 1; }
@@ -141,6 +155,13 @@ start_cyrus cyrus
 start_cyrus cyrus-cache -c
 start_mailauthd mailauthd 0s
 start_mailauthd mailauthd-cache 60s
+# The opt-in one-bind path (package mirror), if this build has it.
+daemons=(cyrus mailauthd cyrus-cache mailauthd-cache)
+if "$bin" serve --check --config <(printf 'ldap:\n  urls: [%s]\n  base: %s\n  mirror_refresh: 60s\n' "$url" "$base") >/dev/null 2>&1; then
+  start_mailauthd mailauthd-mirror 0s 60s
+  daemons=(cyrus mailauthd mailauthd-mirror cyrus-cache mailauthd-cache)
+  sleep 2 # first mirror load
+fi
 
 slapd_pid=$(cat "$work/slapd/slapd.pid")
 cyrus_pids() { # the master and its workers
@@ -161,7 +182,7 @@ for c in $concs; do
   cell ldap-search+bind "$c" -mode searchbind -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw" \
     -slapdpid "$slapd_pid" "${load[@]}"
   # Interleaved, so that a noisy neighbour hits both sides of a ratio alike.
-  for d in cyrus mailauthd cyrus-cache mailauthd-cache; do
+  for d in "${daemons[@]}"; do
     # shellcheck disable=SC2046 # word splitting wanted: daemon prints flags
     cell "$d" "$c" $(daemon "$d") "${load[@]}"
   done

@@ -391,3 +391,27 @@ func TestCheckpasswordDaemonThereButStuck(t *testing.T) {
 		t.Fatalf("exit %d, want 111 via the daemon\n%s", r.exit, r.stderr)
 	}
 }
+
+// BenchmarkCheckpassword is one Dovecot login's cost: exec of the binary,
+// config parse, fd 3 in, decision, fd 4 out, against real slapd, through
+// the daemon's control socket and standalone (own LDAP connection).
+func BenchmarkCheckpassword(b *testing.B) {
+	bin := mailauthdBinary(b)
+	w := newCPWorld(b)
+	args := []string{"--config", w.cfgPath}
+	for _, via := range []string{"daemon", "standalone"} {
+		b.Run(via, func(b *testing.B) {
+			if via == "daemon" {
+				w.startDaemon(b)
+			} else {
+				w.stopDaemon()
+			}
+			for b.Loop() {
+				r := runCheckpassword(b, bin, args, dovecotEnv(), "alice\x00alicepw\x00\x00")
+				if r.exit != checkpassword.ExitOK || !strings.Contains(r.stderr, "via="+via) {
+					b.Fatalf("exit %d\n%s", r.exit, r.stderr)
+				}
+			}
+		})
+	}
+}

@@ -120,6 +120,7 @@ type settings struct {
 	Filter       string   // default (uid=%u)
 	LDAPTimeout  string   // default 1s
 	RequestLimit string   // server.request_timeout, default 4s
+	LogLevel     string   // default info
 	Extra        string   // appended verbatim
 }
 
@@ -143,6 +144,9 @@ func writeConfig(t *testing.T, dir string, s settings) string {
 	if s.RequestLimit == "" {
 		s.RequestLimit = "4s"
 	}
+	if s.LogLevel == "" {
+		s.LogLevel = "info"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen:\n  saslauthd:\n    - {path: %q, mode: \"0666\"}\n  control: {path: \"\"}\n", s.Socket)
 	fmt.Fprintf(&b, "server:\n  request_timeout: %s\n  io_timeout: 2s\n", s.RequestLimit)
@@ -151,7 +155,7 @@ func writeConfig(t *testing.T, dir string, s settings) string {
 			s.LDAPURL, slapdtest.ServiceDN, pwFile, slapdtest.PeopleDN, s.Filter, s.LDAPTimeout)
 	}
 	fmt.Fprintf(&b, "access:\n  hostnames: [%s]\n", strings.Join(s.Hostnames, ", "))
-	b.WriteString("log:\n  format: text\n  level: info\n")
+	fmt.Fprintf(&b, "log:\n  format: text\n  level: %s\n", s.LogLevel)
 	b.WriteString(s.Extra)
 	path := filepath.Join(dir, "mailauthd.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {

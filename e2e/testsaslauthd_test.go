@@ -63,7 +63,13 @@ func TestTestsaslauthd(t *testing.T) {
 		if daemons[tc.filter] == nil {
 			dir := shortDir(t)
 			sock := filepath.Join(dir, "mux")
-			cfg := writeConfig(t, dir, settings{Socket: sock, LDAPURL: slapd.URL(), Filter: tc.filter})
+			// The realm daemons log at debug level, so the password check
+			// below also covers ldapauth's detailed decision lines.
+			level := "info"
+			if tc.filter != "" {
+				level = "debug"
+			}
+			cfg := writeConfig(t, dir, settings{Socket: sock, LDAPURL: slapd.URL(), Filter: tc.filter, LogLevel: level})
 			daemons[tc.filter] = startDaemon(t, sock, "--config", cfg)
 		}
 	}
@@ -100,6 +106,9 @@ func TestTestsaslauthd(t *testing.T) {
 	for filter, d := range daemons {
 		if got := len(d.decisionLines()); got != sent[filter] {
 			t.Errorf("daemon with filter %q logged %d decisions for %d requests", filter, got, sent[filter])
+		}
+		if filter != "" && d.countLog(`msg="ldap decision"`) == 0 {
+			t.Errorf("daemon with filter %q at debug level logged no ldap decision lines", filter)
 		}
 	}
 }

@@ -410,3 +410,40 @@ func TestExplain(t *testing.T) {
 		t.Errorf("explain output shows a password:\n%s", out)
 	}
 }
+
+// TestSocketOwnership: a second daemon on a live socket refuses to start and
+// leaves the first one serving; after a crash (SIGKILL leaves the socket
+// file behind) a new daemon takes the stale socket over.
+func TestSocketOwnership(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	sock := filepath.Join(dir, "mux")
+	// Nothing listens on port 9: every answer is a tempfail NO, which is
+	// enough to prove which daemon owns the socket.
+	cfg := writeConfig(t, dir, settings{Socket: sock, LDAPURL: "ldap://127.0.0.1:9"})
+	first := startDaemon(t, sock, "--config", cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	out, err := exec.CommandContext(ctx, mailauthdBin, "serve", "--config", cfg).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("second daemon on a live socket: %v, want exit status 1\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "in use") {
+		t.Errorf("second daemon's error does not say the socket is in use:\n%s", out)
+	}
+	if got, code := first.mailauthdTest(ctx, "alice", "alicepw", "imap"); code != 1 || !strings.HasPrefix(got, "NO ldap unavailable") {
+		t.Errorf("first daemon after the second one failed: exit %d %q, want NO ldap unavailable", code, got)
+	}
+
+	first.cmd.Process.Kill()
+	<-first.done
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("SIGKILL should leave the socket file behind: %v", err)
+	}
+	second := startDaemon(t, sock, "--config", cfg)
+	if got, code := second.mailauthdTest(ctx, "alice", "alicepw", "imap"); code != 1 || !strings.HasPrefix(got, "NO ldap unavailable") {
+		t.Errorf("daemon on a stale socket: exit %d %q, want NO ldap unavailable", code, got)
+	}
+}

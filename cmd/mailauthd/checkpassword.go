@@ -161,52 +161,17 @@ func writeAll(f *os.File, b []byte) error {
 	return nil
 }
 
-// checkpasswordConfig loads the configuration like config.Load, except that
-// the LDAP service password file is not read here but by ldapauth.New, only
-// when this run has to decide on its own: on the fast path the file can
-// stay readable by the daemon alone, not by Dovecot's auth user.
+// checkpasswordConfig loads the configuration as serve does. config.Load
+// does not read ldap.bind_password_file (ldapauth.New does, only when this
+// run decides on its own), so on the fast path that file can stay readable
+// by the daemon alone, not by Dovecot's auth user.
 func checkpasswordConfig(path string, explicit bool, saslConf string) (*config.File, error) {
 	if !explicit && saslConf != "" {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			path = ""
 		}
 	}
-	f := config.Default()
-	if path != "" {
-		data, err := readConfigBounded(path)
-		if err != nil {
-			return nil, err
-		}
-		if f, err = config.Parse(data); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-	}
-	if saslConf != "" {
-		if err := f.LoadSaslauthdConf(saslConf); err != nil {
-			return nil, err
-		}
-	}
-	if err := f.Checkpassword.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return f, nil
-}
-
-func readConfigBounded(path string) ([]byte, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer fh.Close()
-	const max = 1 << 20
-	data, err := io.ReadAll(io.LimitReader(fh, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(data) > max {
-		return nil, fmt.Errorf("%s: larger than %d bytes; not a configuration file", path, max)
-	}
-	return data, nil
+	return config.Load(path, saslConf)
 }
 
 // checkpasswordLogger writes to stderr, which Dovecot copies into its own

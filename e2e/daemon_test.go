@@ -158,9 +158,10 @@ func TestShutdownDrains(t *testing.T) {
 	defer slapd.Resume()
 	answer := make(chan string, 1)
 	go func() { answer <- d.testsaslauthd(ctx, saslReq{"alice", "alicepw", "imap", ""}) }()
-	// Give the request time to reach the daemon and block on LDAP; the log
-	// order below proves it was still running when SIGTERM came.
-	time.Sleep(500 * time.Millisecond)
+	// Wait until the daemon holds the connection (then it waits on LDAP);
+	// the log order below proves it was still running when SIGTERM came.
+	waitAccepted(t, sock)
+	time.Sleep(200 * time.Millisecond)
 	select {
 	case a := <-answer:
 		t.Fatalf("answered %q while slapd is paused, before SIGTERM", a)
@@ -445,5 +446,31 @@ func TestSocketOwnership(t *testing.T) {
 	second := startDaemon(t, sock, "--config", cfg)
 	if got, code := second.mailauthdTest(ctx, "alice", "alicepw", "imap"); code != 1 || !strings.HasPrefix(got, "NO ldap unavailable") {
 		t.Errorf("daemon on a stale socket: exit %d %q, want NO ldap unavailable", code, got)
+	}
+}
+
+// waitAccepted waits until a connection to the Unix socket at path has been
+// accepted: /proc/net/unix lists accepted sockets (state 03) under the name
+// the listener was bound to. saslauthd.Listen binds a temporary name in the
+// same directory and renames it, so match on the directory, which each test
+// owns alone.
+func waitAccepted(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, err := os.ReadFile("/proc/net/unix")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 8 && f[5] == "03" && strings.HasPrefix(f[7], filepath.Dir(path)+"/") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no accepted connection on %s", path)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -268,7 +268,7 @@ func build(entries []*ldap.Entry, keyAttr string) *snapshot {
 			a.ByteValues = nil
 		}
 		seen := map[string]bool{}
-		for _, v := range le.GetEqualFoldAttributeValues(keyAttr) {
+		for _, v := range keyValues(le, keyAttr) {
 			fk, ok := fold(v)
 			if !ok {
 				snap.off = fmt.Sprintf("entry %s has a non-ASCII %s value", le.DN, keyAttr)
@@ -294,6 +294,20 @@ func build(entries []*ldap.Entry, keyAttr string) *snapshot {
 		}
 	}
 	return snap
+}
+
+// keyValues are the values the server matches the login against: the key
+// attribute and its subtypes with options (cn;lang-en matches a (cn=...)
+// filter), which a search for the key attribute returns with it.
+func keyValues(e *ldap.Entry, keyAttr string) []string {
+	var vals []string
+	for _, a := range e.Attributes {
+		name, _, _ := strings.Cut(a.Name, ";")
+		if strings.EqualFold(name, keyAttr) {
+			vals = append(vals, a.Values...)
+		}
+	}
+	return vals
 }
 
 // fold maps a value to what LDAP's case-ignoring matching (RFC 4518) could

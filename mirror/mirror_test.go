@@ -87,6 +87,9 @@ func TestLookupAnswersOnlyWhenSure(t *testing.T) {
 		entry("uid=dave2,dc=x", "dave "),
 		// The same value twice in one entry is not ambiguous.
 		entry("uid=erin,dc=x", "erin", "ERIN"),
+		// A value in a subtype with options matches the filter too.
+		entry("uid=frank,dc=x", "frank"),
+		ldap.NewEntry("uid=frank2,dc=x", map[string][]string{"uid;x-legacy": {"frank"}}),
 	}}
 	m := newFake(t, d, Config{Attributes: []string{"host"}})
 	if _, ok := m.Lookup("alice"); ok {
@@ -106,6 +109,7 @@ func TestLookupAnswersOnlyWhenSure(t *testing.T) {
 		{"Carol", ""}, // ambiguous
 		{"dave", ""},  // ambiguous through spaces
 		{"erin", "uid=erin,dc=x"},
+		{"frank", ""}, // ambiguous through uid;x-legacy
 		{"ERIN", "uid=erin,dc=x"},
 		{"nobody", ""},
 		{"alice ", ""}, // spaces: never answered

@@ -16,7 +16,7 @@ type Config struct {
 	Filter           string        `yaml:"filter"`                   // default (uid=%u); tokens %u %U %d %1-%9 %r %R %s %% (Cyrus lak.c), values filter-escaped; must use %u or %U
 	DefaultRealm     string        `yaml:"default_realm"`            // used for %r when the request has no realm
 	Timeout          time.Duration `yaml:"timeout"`                  // bound on every dial and every LDAP operation; default 5s
-	PoolSize         int           `yaml:"pool_size"`                // idle connections kept per role (search, bind); default 8
+	PoolSize         int           `yaml:"pool_size"`                // default 8; max_conns defaults to 4*pool_size; every healthy connection is kept for reuse
 	MaxConns         int           `yaml:"max_conns"`                // connections in use at once per role; default 4*pool_size; more requests wait (bounded by timeout)
 	// Attributes are extra attributes fetched with the user (e.g. for Dovecot
 	// field mapping). They come back in Verdict.Attributes.

@@ -56,8 +56,11 @@ type conn struct {
 
 func (c *conn) close() { c.lc.Close() }
 
-// pool keeps up to PoolSize idle connections of one role and lets at most
-// MaxConns be in use at once.
+// pool lets at most MaxConns connections of one role be in use at once, and
+// keeps every healthy one idle for reuse. (Keeping only PoolSize idle made
+// every request above PoolSize concurrent dial a new connection, bind the
+// service account and close it again: under sustained load that doubled
+// slapd's work per login.)
 type pool struct {
 	a     *Authenticator
 	role  role
@@ -66,7 +69,7 @@ type pool struct {
 }
 
 func newPool(a *Authenticator, r role) *pool {
-	return &pool{a: a, role: r, idle: make(chan *conn, a.cfg.PoolSize), slots: make(chan struct{}, a.cfg.MaxConns)}
+	return &pool{a: a, role: r, idle: make(chan *conn, a.cfg.MaxConns), slots: make(chan struct{}, a.cfg.MaxConns)}
 }
 
 var errBusy = errors.New("all LDAP connections busy")

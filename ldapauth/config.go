@@ -21,6 +21,11 @@ type Config struct {
 	// Attributes are extra attributes fetched with the user (e.g. for Dovecot
 	// field mapping). They come back in Verdict.Attributes.
 	Attributes []string `yaml:"attributes"`
+	// MirrorRefresh > 0 keeps a local copy of the user entries (DN and the
+	// attributes above), reloaded this often, so that a login is one bind
+	// instead of a search and a bind; package mirror says when it falls
+	// back to the search. 0 (default) = off; at least 10s.
+	MirrorRefresh time.Duration `yaml:"mirror_refresh"`
 }
 
 // AccessConfig is the access policy applied after a good password (YAML key "access").

@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/mirror"
 )
 
 // Input limits: far above real logins, low enough to bound the work.
@@ -38,6 +39,7 @@ type Authenticator struct {
 	attrs         []string // fetched with the user: host, service, cfg.Attributes
 	baseHasTokens bool
 	closed        atomic.Bool
+	mirror        *mirror.Mirror // nil unless ldap.mirror_refresh > 0
 }
 
 var _ auth.Authenticator = (*Authenticator)(nil)
@@ -48,6 +50,9 @@ func (a *Authenticator) Hostnames() []string { return append([]string(nil), a.ho
 // Close closes idle connections; requests after Close fail with TempFail.
 func (a *Authenticator) Close() error {
 	a.closed.Store(true)
+	if a.mirror != nil {
+		a.mirror.Close()
+	}
 	a.search.drain()
 	a.bind.drain()
 	return nil
@@ -193,7 +198,52 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 		base = string(bb)
 	}
 
-	// 1. Find the user (and the access attributes in the same search).
+	// 1. Find the user (and the access attributes in the same search), or
+	// take the entry from the mirror and go straight to the bind.
+	var entry *ldap.Entry
+	if m == modeAuth && !a.baseHasTokens {
+		if me := a.mirrored(&tv); me != nil {
+			ex.step("user found in the local mirror: %s", me.DN)
+			_, err := a.do(ctx, a.bind, func(c *ldap.Conn) error { return c.Bind(me.DN, req.Password) })
+			switch {
+			case err == nil:
+				entry = me
+				d.dn = me.DN
+				ex.step("password: ok (bind as user)")
+			case ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials):
+				// A wrong password, or the entry moved or went away since
+				// the last refresh: the search below tells which.
+				ex.step("bind as mirrored %s refused: checking with a search", me.DN)
+			default:
+				d.detail = "bind: " + err.Error()
+				ex.step("password: could not check (bind failed: %v)", err)
+				return a.unavailable(err)
+			}
+			if entry == nil {
+				v, searched := a.searchAndBind(ctx, req, m, ex, d, base, filter, me.DN)
+				if searched == nil {
+					return v
+				}
+				entry = searched
+			}
+		}
+	}
+	if entry == nil {
+		v, found := a.searchAndBind(ctx, req, m, ex, d, base, filter, "")
+		if found == nil {
+			return v
+		}
+		entry = found
+	}
+	return a.applyAccess(ctx, req, ex, d, &tv, entry)
+}
+
+// searchAndBind finds the user's entry and, for an authentication, checks
+// the password with a bind as that entry. refusedDN is a DN a bind with this
+// password already refused: if the search finds the same entry, the
+// password is wrong without a second bind. It returns the entry, or nil and
+// the verdict to give.
+func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision, base, filter, refusedDN string) (auth.Verdict, *ldap.Entry) {
 	sreq := ldap.NewSearchRequest(base, a.scope, ldap.NeverDerefAliases, 2, a.timeLimit(), false, filter, a.attrs, nil)
 	var res *ldap.SearchResult
 	srv, err := a.do(ctx, a.search, func(c *ldap.Conn) error {
@@ -216,39 +266,49 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	default:
 		d.detail = "search: " + err.Error()
 		ex.step("LDAP search failed: %v", err)
-		return a.unavailable(err)
+		return a.unavailable(err), nil
 	}
 	ex.step("LDAP reachable: %s (search %s)", srv.url, a.searchIdentity())
 	if n == 0 {
 		d.detail = "no entry for " + filter
 		ex.step("user not found: filter %s under %s", filter, base)
-		return unknownUser()
+		return unknownUser(), nil
 	}
 	if n > 1 {
 		d.detail = strconv.Itoa(n) + "+ entries for " + filter
 		ex.step("ambiguous: %d or more entries match %s under %s: refused", n, filter, base)
-		return auth.Rejected(reasonAmbiguous)
+		return auth.Rejected(reasonAmbiguous), nil
 	}
 	entry := res.Entries[0]
 	d.dn = entry.DN
 	ex.step("user found: %s", entry.DN)
 
 	// 2. The password, as the user, on a bind connection.
+	if m == modeAuth && refusedDN != "" && entry.DN == refusedDN {
+		d.detail = "invalid credentials"
+		ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
+		return auth.Rejected("wrong password"), nil
+	}
 	if m == modeAuth {
 		bsrv, err := a.do(ctx, a.bind, func(c *ldap.Conn) error { return c.Bind(entry.DN, req.Password) })
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
 				d.detail = "invalid credentials"
 				ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
-				return auth.Rejected("wrong password")
+				return auth.Rejected("wrong password"), nil
 			}
 			d.detail = "bind: " + err.Error()
 			ex.step("password: could not check (bind failed: %v)", err)
-			return a.unavailable(err)
+			return a.unavailable(err), nil
 		}
 		ex.step("password: ok (bind as user on %s)", bsrv.url)
 	}
+	return auth.Verdict{}, entry
+}
 
+// applyAccess applies the host, service and filter rules to the user's
+// entry, after the password was checked (or for a lookup).
+func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *explainer, d *decision, tv *tokenValues, entry *ldap.Entry) auth.Verdict {
 	// 3. Access rules.
 	if a.access.HostAttribute != "" {
 		vals := entry.GetEqualFoldAttributeValues(a.access.HostAttribute)
@@ -282,7 +342,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 			tv.host = a.hostnames[0]
 		}
 		for i, tmpl := range a.access.Filters {
-			v, ok := a.checkFilter(ctx, i, tmpl, &tv, ex, d)
+			v, ok := a.checkFilter(ctx, i, tmpl, tv, ex, d)
 			if !ok {
 				return v
 			}

@@ -72,6 +72,9 @@ func New(cfg Config, access AccessConfig, logger *slog.Logger) (*Authenticator, 
 	}
 	a.search = newPool(a, roleSearch)
 	a.bind = newPool(a, roleBind)
+	if err := a.startMirror(); err != nil {
+		return nil, fmt.Errorf("ldapauth: %w", err)
+	}
 	return a, nil
 }
 

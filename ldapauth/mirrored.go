@@ -1,0 +1,74 @@
+package ldapauth
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/mailauthd/mailauthd/mirror"
+)
+
+// startMirror sets up the optional local copy of user entries
+// (ldap.mirror_refresh > 0), so that an authentication is one bind instead
+// of a search and a bind. It does not contact LDAP here: the first load
+// runs in the background, and until it succeeds every login searches.
+func (a *Authenticator) startMirror() error {
+	if a.cfg.MirrorRefresh == 0 {
+		return nil
+	}
+	if a.cfg.MirrorRefresh < 10*time.Second {
+		return fmt.Errorf("ldap.mirror_refresh: %v is too short (at least 10s, or 0 for off): each refresh reads the whole directory", a.cfg.MirrorRefresh)
+	}
+	if len(a.access.Filters) > 0 {
+		return fmt.Errorf("ldap.mirror_refresh: cannot be combined with access.filters (they need a search per login)")
+	}
+	attrs := a.attrs
+	m, err := mirror.New(mirror.Config{
+		Base: a.cfg.Base, Scope: a.scope, Filter: a.cfg.Filter, Attributes: attrs,
+		Refresh: a.cfg.MirrorRefresh,
+	}, a.mirrorDial, a.log)
+	if err != nil {
+		return fmt.Errorf("ldap.mirror_refresh: %w", err)
+	}
+	a.mirror = m
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.MirrorRefresh/2+a.cfg.Timeout)
+		defer cancel()
+		if err := m.Start(ctx); err != nil {
+			a.log.Warn("ldap mirror: first load failed; logins search until it succeeds", "err", err)
+		}
+	}()
+	return nil
+}
+
+// mirrorDial gives the mirror its own service-account connection (not one
+// from the pool: a refresh is long and would hold a slot).
+func (a *Authenticator) mirrorDial(ctx context.Context) (mirror.Searcher, func(), error) {
+	c, err := a.dial(ctx, roleSearch)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.nc.SetDeadline(opDeadline(ctx, a.cfg.MirrorRefresh))
+	// Close (or a reload) cancels ctx: end a refresh in flight at once.
+	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
+	return c.lc, func() { stop(); c.close() }, nil
+}
+
+// mirrored returns the user's entry from the mirror, or nil when the
+// mirror is off or not sure.
+func (a *Authenticator) mirrored(tv *tokenValues) *ldap.Entry {
+	if a.mirror == nil {
+		return nil
+	}
+	e, ok := a.mirror.Lookup(tv.user)
+	if !ok {
+		return nil
+	}
+	return e
+}
+
+// Mirror returns the local copy of user entries, nil when it is off; for
+// status reports.
+func (a *Authenticator) Mirror() *mirror.Mirror { return a.mirror }

@@ -1,0 +1,141 @@
+package ldapauth_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/internal/slapdtest"
+	"github.com/mailauthd/mailauthd/ldapauth"
+)
+
+func adminConn(t *testing.T, s *slapdtest.Server) *ldap.Conn {
+	t.Helper()
+	c, err := ldap.DialURL(s.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Bind(slapdtest.AdminDN, slapdtest.AdminPassword); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestMirror: with ldap.mirror_refresh on, every decision is the same as
+// with search+bind, including after the directory changed behind the
+// mirror's back (moved, deleted, password changed, host revoked on refresh).
+func TestMirror(t *testing.T) {
+	s := slapdtest.Start(t)
+	cfg, access := baseConfig(s.URL())
+	cfg.BindDN, cfg.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
+	cfg.MirrorRefresh = time.Hour // refreshed by hand below
+	a := newAuth(t, cfg, access)
+	m := a.Mirror()
+	if m == nil {
+		t.Fatal("mirror not set up")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for m.Len() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("mirror never loaded")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx := context.Background()
+	try := func(user, pw, service string) auth.Verdict {
+		return a.Authenticate(ctx, auth.Request{User: user, Password: pw, Service: service})
+	}
+	tests := []struct {
+		user, pw, service string
+		want              auth.Outcome
+		reason            string
+	}{
+		{"alice", "alicepw", "imap", auth.Accept, "ok"},
+		{"alice", "wrong", "imap", auth.Reject, "wrong password"},
+		{"star", "starpw", "smtp", auth.Accept, "ok"},
+		{"negated", "negatedpw", "imap", auth.Reject, "host not allowed"},
+		{"otherhost", "otherhostpw", "imap", auth.Reject, "host not allowed"},
+		{"smtponly", "smtponlypw", "imap", auth.Accept, "ok"}, // service attribute check is off by default
+		{"twin", "twinpw", "imap", auth.Reject, "ambiguous"},
+		{"a*b", "metapw", "imap", auth.Accept, "ok"},
+		{"a*", "metapw", "imap", auth.Reject, "unknown user"},
+		{"ALICE", "alicepw", "imap", auth.Accept, "ok"}, // not mirrored: the search decides, as before
+		{"nobody", "x", "imap", auth.Reject, "unknown user"},
+	}
+	for _, tt := range tests {
+		v := try(tt.user, tt.pw, tt.service)
+		if v.Outcome != tt.want || !strings.HasPrefix(v.Reason, tt.reason) {
+			t.Errorf("%s: %v %q, want %v %q", tt.user, v.Outcome, v.Reason, tt.want, tt.reason)
+		}
+	}
+	if v := try("alice", "alicepw", "imap"); v.DN != "uid=alice,"+slapdtest.PeopleDN || len(v.Attributes["host"]) == 0 {
+		t.Errorf("alice via the mirror: DN %q attributes %v", v.DN, v.Attributes)
+	}
+
+	var explained strings.Builder
+	a.Explain(ctx, auth.Request{User: "star", Password: "starpw", Service: "imap"}, &explained)
+	if !strings.Contains(explained.String(), "local mirror") {
+		t.Errorf("star was not answered from the mirror:\n%s", explained.String())
+	}
+
+	admin := adminConn(t, s)
+	// Moved: the mirrored DN no longer exists; the search finds the new one.
+	if err := admin.ModifyDN(ldap.NewModifyDNRequest("uid=star,"+slapdtest.PeopleDN, "uid=star", true, "ou=services,"+slapdtest.Suffix)); err != nil {
+		t.Fatal(err)
+	}
+	if v := try("star", "starpw", "imap"); v.Outcome != auth.Reject || !v.UserUnknown {
+		// Base is ou=people: the moved entry is out of scope, as a search would say.
+		t.Errorf("moved out of the base: %v %q", v.Outcome, v.Reason)
+	}
+	// Password changed: the old one fails at once (the bind is always real).
+	mod := ldap.NewModifyRequest("uid=alice,"+slapdtest.PeopleDN, nil)
+	mod.Replace("userPassword", []string{"newalicepw"})
+	if err := admin.Modify(mod); err != nil {
+		t.Fatal(err)
+	}
+	if v := try("alice", "alicepw", "imap"); v.Outcome != auth.Reject {
+		t.Errorf("old password after a change: %v", v.Outcome)
+	}
+	if v := try("alice", "newalicepw", "imap"); v.Outcome != auth.Accept {
+		t.Errorf("new password: %v %q", v.Outcome, v.Reason)
+	}
+	// Host revoked: takes effect at the next refresh.
+	mod = ldap.NewModifyRequest("uid=alice,"+slapdtest.PeopleDN, nil)
+	mod.Replace("host", []string{"other.example.org"})
+	if err := admin.Modify(mod); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := try("alice", "newalicepw", "imap"); v.Outcome != auth.Reject {
+		t.Errorf("host revoked, after refresh: %v %q", v.Outcome, v.Reason)
+	}
+	// Deleted: the bind as the mirrored DN fails, the search finds nothing.
+	if err := admin.Del(ldap.NewDelRequest("uid=upper,"+slapdtest.PeopleDN, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if v := try("upper", "upperpw", "imap"); v.Outcome != auth.Reject || !v.UserUnknown {
+		t.Errorf("deleted: %v %q", v.Outcome, v.Reason)
+	}
+}
+
+func TestMirrorRefusesAccessFilters(t *testing.T) {
+	cfg, access := baseConfig("ldap://127.0.0.1:1")
+	cfg.MirrorRefresh = time.Minute
+	access.Filters = []string{"(!(employeeType=disabled))"}
+	if _, err := ldapauth.New(cfg, access, nil); err == nil || !strings.Contains(err.Error(), "mirror") {
+		t.Fatalf("err = %v", err)
+	}
+	cfg, access = baseConfig("ldap://127.0.0.1:1")
+	cfg.MirrorRefresh = time.Minute
+	cfg.Filter = "(|(uid=%u)(mail=%u))"
+	if _, err := ldapauth.New(cfg, access, nil); err == nil || !strings.Contains(err.Error(), "mirror") {
+		t.Fatalf("err = %v", err)
+	}
+}

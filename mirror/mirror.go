@@ -184,6 +184,10 @@ func refreshFilter(f string) (attr, refresh string, err error) {
 // Start loads the mirror once (returning that error, if any: the caller may
 // go on without it) and keeps refreshing it until Close.
 func (m *Mirror) Start(ctx context.Context) error {
+	// Close also ends the first load, whatever ctx the caller gave.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(m.ctx, cancel)()
 	err := m.Refresh(ctx)
 	if m.started.CompareAndSwap(false, true) {
 		go m.loop()

@@ -241,10 +241,9 @@ func (d *checkpasswordDecider) standaloneAuthenticator() (*ldapauth.Authenticato
 	if d.ldap != nil {
 		return d.ldap, nil
 	}
-	lc := d.cfg.LDAP
+	// config.Load already added the mapped attributes to the search, and
 	// ldapauth.New reads ldap.bind_password_file itself.
-	lc.Attributes = d.cfg.Checkpassword.MergeAttributes(lc.Attributes)
-	a, err := ldapauth.New(lc, d.cfg.Access, d.log)
+	a, err := ldapauth.New(d.cfg.LDAP, d.cfg.Access, d.log)
 	if err != nil {
 		return nil, err
 	}

@@ -380,9 +380,22 @@ func (s *Server) serveConn(c net.Conn, addr string) {
 		}
 	}
 	s.logDecision(log, addr, d, time.Since(start))
-	if replied {
+	if replied && (d.malform != nil || !isUnix(c)) {
 		s.drain(c)
 	}
+}
+
+// isUnix reports a Unix-domain stream connection. Its reply needs no drain:
+// a write lands in the peer's receive queue at once, and closing our end
+// (net/unix/af_unix.c unix_release_sock) frees only our own receive queue,
+// so the client reads the whole reply after we close. Unread bytes it sent
+// only turn its read after the reply into ECONNRESET instead of EOF, and
+// libsasl2 never reads past the reply. TCP instead answers unread data with
+// a reset that can destroy the reply in flight, so it keeps the drain. A
+// malformed request keeps it too: that client may still be writing.
+func isUnix(c net.Conn) bool {
+	_, ok := c.(*net.UnixConn)
+	return ok
 }
 
 // authenticate runs the Authenticator with a deadline and a panic guard. If
@@ -439,7 +452,8 @@ func (s *Server) authenticate(req auth.Request) (v auth.Verdict, panicked, still
 
 // drain does what Cyrus does after replying: shut the write side, then read
 // until the client closes, so closing never resets a connection whose reply
-// is still unread. Bounded in time and bytes.
+// is still unread. Bounded in time and bytes. Used for TCP and for
+// malformed requests (see isUnix).
 func (s *Server) drain(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -603,5 +604,109 @@ func TestServerIdleListenerReservesNoSlot(t *testing.T) {
 		if ok, _, err := c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"}); !ok || err != nil {
 			t.Fatalf("busy socket not served: %v %v", ok, err)
 		}
+	}
+}
+
+// TestServerUnixReplySurvivesClose: on a Unix socket the server closes right
+// after writing the reply, without waiting for the client (no drain). Every
+// client must still read its whole reply after the server has closed: ones
+// that read slowly, ones that sent bytes the server never read, ones that
+// write more after the reply. Cyrus clients (libsasl2) read only the reply.
+func TestServerUnixReplySurvivesClose(t *testing.T) {
+	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		if req.User == "u" && req.Password == "p" {
+			return auth.Accepted("", nil)
+		}
+		return auth.Rejected("invalid credentials")
+	})}
+	path, logs := startServer(t, srv)
+
+	const n = 120 // below DefaultMaxConns: all held open at once
+	req := frame("u", "p", "smtp", "", "192.0.2.1;25")
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := req
+		if i%4 == 1 {
+			// 20 KB more than the request in the same write: most stays
+			// unread in the server's receive queue when it closes.
+			msg = append(append([]byte(nil), req...), make([]byte, 20000)...)
+		}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	// Every connection decided and closed by the server before any client reads.
+	waitFor(t, func() bool {
+		srv.mu.Lock()
+		open := len(srv.conns)
+		srv.mu.Unlock()
+		return open == 0 && strings.Count(logs.String(), `"msg":"saslauthd: decision"`) == n
+	})
+
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var reply []byte
+			var err error
+			switch i % 4 {
+			case 0, 1: // as libsasl2: length, then body
+				var s string
+				s, err = ReadCounted(c, MaxReplySize)
+				reply = []byte(s)
+			case 2: // a slow reader: one byte at a time
+				var b [1]byte
+				for err == nil && len(reply) < 4 {
+					var m int
+					m, err = c.Read(b[:])
+					reply = append(reply, b[:m]...)
+					time.Sleep(time.Millisecond)
+				}
+				if len(reply) == 4 {
+					reply = reply[2:]
+				}
+			case 3: // writes more after the server closed, then reads
+				c.Write([]byte("late bytes")) // EPIPE is fine
+				var s string
+				s, err = ReadCounted(c, MaxReplySize)
+				reply = []byte(s)
+			}
+			if err != nil || string(reply) != "OK" {
+				t.Errorf("client %d (kind %d): reply %q, %v", i, i%4, reply, err)
+			}
+			// The bytes the server never read reset the connection, but
+			// only after the reply (proof the case above was exercised).
+			if _, err := c.Read(make([]byte, 1)); i%4 == 1 && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("client %d: read after the reply: %v, want ECONNRESET", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+
+	// And under concurrent load with the ordinary client.
+	var failed atomic.Int32
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := Client{Path: path, Timeout: 10 * time.Second}
+			for range 50 {
+				if ok, _, err := c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"}); !ok || err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of 400 concurrent requests got no OK", failed.Load())
 	}
 }

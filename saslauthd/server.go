@@ -45,7 +45,9 @@ type Server struct {
 
 	// ReadTimeout bounds reading the whole request from when it is accepted.
 	ReadTimeout time.Duration
-	// WriteTimeout bounds writing the reply.
+	// WriteTimeout bounds writing the reply. The write gets the rest of the
+	// ReadTimeout when at least half of WriteTimeout is left, else a fresh
+	// WriteTimeout: never more than WriteTimeout, never less than half.
 	WriteTimeout time.Duration
 	// RequestTimeout is the deadline of the context given to the
 	// Authenticator. When it passes the client is answered NO at once.
@@ -339,8 +341,9 @@ func (s *Server) serveConn(c net.Conn, addr string) {
 		}
 	}()
 
+	// One deadline, one runtime timer, for the read and (usually) the write.
 	readDeadline := start.Add(orDefault(s.ReadTimeout, DefaultReadTimeout))
-	c.SetReadDeadline(readDeadline)
+	c.SetDeadline(readDeadline)
 	req, err := ReadRequest(c, ReadOptions{
 		MaxFieldSize:   s.MaxFieldSize,
 		ClientAddrWait: s.ClientAddrWait,
@@ -371,7 +374,14 @@ func (s *Server) serveConn(c net.Conn, addr string) {
 	// Always try to answer, even a malformed or cut-off request: a client
 	// that only half-closed can still read its NO; one that left costs a
 	// failed write.
-	c.SetWriteDeadline(time.Now().Add(orDefault(s.WriteTimeout, DefaultWriteTimeout)))
+	//
+	// The write deadline is still the read deadline. The reply is one small
+	// write into an empty socket buffer, so keep it while at least half of
+	// WriteTimeout is left; otherwise (a slow backend) give the write a
+	// fresh WriteTimeout. Either way the write is bounded.
+	if wt := orDefault(s.WriteTimeout, DefaultWriteTimeout); time.Until(readDeadline) < wt/2 {
+		c.SetWriteDeadline(time.Now().Add(wt))
+	}
 	replied := true
 	if werr := WriteReply(c, ok, text); werr != nil {
 		replied = false

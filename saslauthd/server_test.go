@@ -710,3 +710,24 @@ func TestServerUnixReplySurvivesClose(t *testing.T) {
 		t.Fatalf("%d of 400 concurrent requests got no OK", failed.Load())
 	}
 }
+
+// TestServerSlowDecisionStillWritten: the read deadline also covers the
+// write, so a decision that outlasts ReadTimeout must get a fresh write
+// deadline, not a write that fails at once.
+func TestServerSlowDecisionStillWritten(t *testing.T) {
+	srv := &Server{
+		ReadTimeout: 100 * time.Millisecond,
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+			time.Sleep(250 * time.Millisecond)
+			return auth.Accepted("", nil)
+		}),
+	}
+	path, logs := startServer(t, srv)
+	if ok, text := ask(t, path, auth.Request{User: "u", Password: "p"}); !ok {
+		t.Fatalf("slow decision: answer %v %q, want OK", ok, text)
+	}
+	waitFor(t, func() bool { return strings.Contains(logs.String(), `"msg":"saslauthd: decision"`) })
+	if strings.Contains(logs.String(), "not delivered") {
+		t.Errorf("reply logged as not delivered:\n%s", logs.String())
+	}
+}

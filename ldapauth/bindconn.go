@@ -1,0 +1,544 @@
+package ldapauth
+
+// A small synchronous LDAPv3 client for the bind role: it speaks only a
+// simple BindRequest (RFC 4511 4.2) and StartTLS (4.14), one request and
+// one response at a time on the caller's goroutine. go-ldap's connection
+// runs every operation across three goroutines and builds a BER tree per
+// packet; for the one operation a login needs on this connection that was
+// most of the client-side cost (docs/benchmarks.md).
+//
+// Everything that is not exactly the expected response fails closed: a
+// malformed, truncated, oversized or unexpected message, an unsolicited
+// notification (messageID 0) or any read/write error makes the connection
+// dead (closed, never reused) and the error an ldap.ErrorNetwork, which the
+// pool treats as a connection failure (TempFail, one retry on a fresh
+// connection when the failed one came from the idle pool). Result codes
+// come back as *ldap.Error with the server's code, as go-ldap reports them,
+// so the decision logic is the same for both clients.
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+const (
+	// maxBindMessage bounds one response message. A BindResponse or
+	// ExtendedResponse from a real server is tens of bytes; a long
+	// diagnostic message or a referral list still fits easily.
+	maxBindMessage = 64 << 10
+
+	oidStartTLS = "1.3.6.1.4.1.1466.20037"
+
+	tagBoolean    = 0x01
+	tagInteger    = 0x02
+	tagOctets     = 0x04
+	tagEnumerated = 0x0a
+	tagSequence   = 0x30
+
+	tagBindRequest      = 0x60 // [APPLICATION 0] constructed
+	tagBindResponse     = 0x61 // [APPLICATION 1] constructed
+	tagExtendedRequest  = 0x77 // [APPLICATION 23] constructed
+	tagExtendedResponse = 0x78 // [APPLICATION 24] constructed
+	tagSimpleAuth       = 0x80 // [0] primitive, in BindRequest
+	tagControls         = 0xa0 // [0] constructed, in LDAPMessage
+	tagReferral         = 0xa3 // [3] constructed, in LDAPResult
+	tagSASLCreds        = 0x87 // [7] primitive, in BindResponse
+	tagRequestName      = 0x80 // [0] primitive, in ExtendedRequest
+	tagResponseName     = 0x8a // [10] primitive, in ExtendedResponse
+	tagResponseValue    = 0x8b // [11] primitive, in ExtendedResponse
+)
+
+// bindConn is one bind-role connection. It is used by one goroutine at a
+// time (the pool hands it out); the caller sets the deadline on nc.
+type bindConn struct {
+	nc   net.Conn  // the connection requests go over (TLS after ldaps:// or StartTLS)
+	raw  net.Conn  // the TCP connection under any TLS, for the idle check
+	rd   io.Reader // where responses are read from: nc
+	id   int32     // last messageID sent
+	dead bool      // a failure left it unusable: close, never reuse
+	buf  []byte    // request and response buffer, reused
+}
+
+func newBindConn(nc net.Conn) *bindConn {
+	return &bindConn{nc: nc, raw: nc, rd: nc, buf: make([]byte, 0, 512)}
+}
+
+func (b *bindConn) close() {
+	b.dead = true
+	b.nc.Close()
+}
+
+func (b *bindConn) nextID() int32 {
+	b.id++
+	if b.id <= 0 { // wrapped: messageID is 1..2^31-1 (0 is for notifications)
+		b.id = 1
+	}
+	return b.id
+}
+
+// connErr is a failure of the connection, not an answer from the server.
+func connErr(format string, args ...any) error {
+	return ldap.NewError(ldap.ErrorNetwork, fmt.Errorf(format, args...))
+}
+
+var errBindConnDead = connErr("ldap: bind connection already failed")
+
+// bind performs a simple bind as dn with password pw. nil means the server
+// answered success (resultCode 0) to exactly this request.
+func (b *bindConn) bind(dn, pw string) error {
+	if b.dead {
+		return errBindConnDead
+	}
+	if pw == "" { // RFC 4513 unauthenticated bind: never (the callers check too)
+		return ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
+	}
+	id := b.nextID()
+	b.buf = appendBindRequest(b.buf[:0], id, dn, pw)
+	_, err := b.nc.Write(b.buf)
+	clear(b.buf) // the password
+	if err != nil {
+		b.dead = true
+		return connErr("ldap: sending bind request: %w", err)
+	}
+	res, err := b.readResponse(id, tagBindResponse)
+	if err != nil {
+		b.dead = true
+		return err
+	}
+	return res.err()
+}
+
+// startTLS upgrades the connection with the StartTLS extended operation
+// and a TLS handshake with cfg (server name, roots and verification as
+// configured). The caller's deadline on nc bounds both.
+func (b *bindConn) startTLS(ctx context.Context, cfg *tls.Config) error {
+	if b.dead {
+		return errBindConnDead
+	}
+	id := b.nextID()
+	b.buf = appendStartTLSRequest(b.buf[:0], id)
+	if _, err := b.nc.Write(b.buf); err != nil {
+		b.dead = true
+		return connErr("ldap: sending StartTLS request: %w", err)
+	}
+	res, err := b.readResponse(id, tagExtendedResponse)
+	if err != nil {
+		b.dead = true
+		return err
+	}
+	if err := res.err(); err != nil {
+		b.dead = true
+		return err
+	}
+	if res.name != nil && string(res.name) != oidStartTLS {
+		b.dead = true
+		return connErr("ldap: StartTLS answered with responseName %q", res.name)
+	}
+	if res.extra {
+		// Nothing may come between the response and the handshake.
+		b.dead = true
+		return connErr("ldap: data after the StartTLS response")
+	}
+	tc := tls.Client(b.nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		b.dead = true
+		return connErr("ldap: TLS handshake failed: %w", err)
+	}
+	b.nc, b.rd = tc, tc
+	return nil
+}
+
+// ldapResult is the part of an LDAPResult the client acts on.
+type ldapResult struct {
+	code    int
+	matched string
+	diag    string
+	name    []byte // ExtendedResponse responseName, nil if absent
+	extra   bool   // more bytes followed the message in the same read
+}
+
+func (r *ldapResult) err() error {
+	if r.code == 0 {
+		return nil
+	}
+	return &ldap.Error{ResultCode: uint16(r.code), MatchedDN: r.matched, Err: errors.New(r.diag)}
+}
+
+// readResponse reads one LDAPMessage and decodes it as the response op
+// (tagBindResponse or tagExtendedResponse) to request id. A nil error means
+// a well-formed response to that request; its resultCode may be anything
+// in 0..199. Any other outcome is a connection error.
+func (b *bindConn) readResponse(id int32, op byte) (ldapResult, error) {
+	body, extra, err := b.readMessage()
+	if err != nil {
+		return ldapResult{}, err
+	}
+	res, err := parseResponse(body, id, op)
+	res.extra = extra
+	if extra && err == nil && op == tagBindResponse {
+		// Probably an unsolicited notification right behind the answer:
+		// the answer stands, the connection is not reused.
+		b.dead = true
+	}
+	return res, err
+}
+
+// readMessage reads exactly one LDAPMessage (a SEQUENCE with a definite
+// length of at most maxBindMessage) and returns its contents. extra reports
+// that the read returned bytes beyond it, which are dropped.
+func (b *bindConn) readMessage() (body []byte, extra bool, err error) {
+	buf := b.buf[:cap(b.buf)]
+	if len(buf) < 16 {
+		buf = make([]byte, 512)
+	}
+	n, err := io.ReadAtLeast(b.rd, buf, 2)
+	if err != nil {
+		return nil, false, connErr("ldap: reading response: %w", err)
+	}
+	var hdr, size int
+	for {
+		hdr, size, err = messageHeader(buf[:n])
+		if err == nil {
+			break
+		}
+		if err != errShortHeader {
+			return nil, false, err
+		}
+		m, rerr := io.ReadAtLeast(b.rd, buf[n:], 1)
+		n += m
+		if rerr != nil {
+			return nil, false, connErr("ldap: reading response: %w", rerr)
+		}
+	}
+	total := hdr + size
+	if total > len(buf) {
+		nb := make([]byte, total)
+		copy(nb, buf[:n])
+		buf = nb
+	}
+	if n < total {
+		m, rerr := io.ReadFull(b.rd, buf[n:total])
+		n += m
+		if rerr != nil {
+			return nil, false, connErr("ldap: reading response: %w", rerr)
+		}
+	}
+	if cap(buf) <= 4096 { // keep small buffers, drop a rare big one
+		b.buf = buf[:0]
+	}
+	return buf[hdr:total], n > total, nil
+}
+
+var errShortHeader = errors.New("short header")
+
+// messageHeader parses the tag and length of an LDAPMessage at the start of
+// p: the length of the header and of the contents.
+func messageHeader(p []byte) (hdr, size int, err error) {
+	if len(p) < 2 {
+		return 0, 0, errShortHeader
+	}
+	if p[0] != tagSequence {
+		return 0, 0, connErr("ldap: response is not an LDAPMessage (tag 0x%02x)", p[0])
+	}
+	l := int(p[1])
+	if l < 0x80 {
+		return 2, l, nil
+	}
+	k := l & 0x7f
+	switch {
+	case k == 0:
+		return 0, 0, connErr("ldap: indefinite length in response")
+	case k > 4:
+		return 0, 0, connErr("ldap: response length too large")
+	case len(p) < 2+k:
+		return 0, 0, errShortHeader
+	}
+	size = 0
+	for _, c := range p[2 : 2+k] {
+		size = size<<8 | int(c)
+	}
+	if size > maxBindMessage {
+		return 0, 0, connErr("ldap: response of %d bytes exceeds %d", size, maxBindMessage)
+	}
+	return 2 + k, size, nil
+}
+
+// nextTLV splits the first element off p: its tag, its contents and what
+// follows. Only single-byte tags and definite lengths inside p are
+// accepted.
+func nextTLV(p []byte) (tag byte, val, rest []byte, err error) {
+	if len(p) < 2 {
+		return 0, nil, nil, errMalformed
+	}
+	tag = p[0]
+	if tag&0x1f == 0x1f {
+		return 0, nil, nil, errMalformed // high tag numbers: none in LDAP
+	}
+	l, i := uint64(p[1]), 2
+	if l >= 0x80 {
+		k := int(l & 0x7f)
+		if k == 0 || k > 4 || len(p) < 2+k {
+			return 0, nil, nil, errMalformed // indefinite, too long or truncated
+		}
+		l = 0
+		for _, c := range p[2 : 2+k] {
+			l = l<<8 | uint64(c)
+		}
+		i = 2 + k
+	}
+	if l > uint64(len(p)-i) {
+		return 0, nil, nil, errMalformed
+	}
+	return tag, p[i : i+int(l)], p[i+int(l):], nil
+}
+
+var errMalformed = connErr("ldap: malformed response")
+
+// nonNegInt decodes a BER INTEGER or ENUMERATED of 1 to 4 bytes that is
+// >= 0; ok is false for anything else.
+func nonNegInt(v []byte) (n int, ok bool) {
+	if len(v) == 0 || len(v) > 4 || v[0]&0x80 != 0 {
+		return 0, false
+	}
+	for _, c := range v {
+		n = n<<8 | int(c)
+	}
+	return n, true
+}
+
+// parseResponse decodes the contents of an LDAPMessage:
+//
+//	LDAPMessage ::= SEQUENCE { messageID, protocolOp, controls [0] OPTIONAL }
+//	BindResponse ::= [APPLICATION 1] SEQUENCE { COMPONENTS OF LDAPResult, serverSaslCreds [7] OPTIONAL }
+//	ExtendedResponse ::= [APPLICATION 24] SEQUENCE { COMPONENTS OF LDAPResult, responseName [10] OPTIONAL, responseValue [11] OPTIONAL }
+//	LDAPResult ::= resultCode ENUMERATED, matchedDN OCTET STRING, diagnosticMessage OCTET STRING, referral [3] OPTIONAL
+//
+// It accepts only that shape, for request id and operation op; elements
+// the grammar does not have are refused rather than skipped.
+func parseResponse(body []byte, id int32, op byte) (ldapResult, error) {
+	var res ldapResult
+	tag, v, rest, err := nextTLV(body)
+	if err != nil || tag != tagInteger {
+		return res, errMalformed
+	}
+	gotID, ok := nonNegInt(v)
+	if !ok {
+		return res, errMalformed
+	}
+	tag, opv, rest, err := nextTLV(rest)
+	if err != nil {
+		return res, errMalformed
+	}
+	if gotID == 0 {
+		// An unsolicited notification, such as the notice of disconnection
+		// (RFC 4511 4.4.1): the server is dropping this connection.
+		msg := "unsolicited notification"
+		if tag == tagExtendedResponse {
+			if r, err := parseResult(opv, tagExtendedResponse); err == nil {
+				msg = fmt.Sprintf("%s %s: result %d %q", msg, r.name, r.code, r.diag)
+			}
+		}
+		return res, connErr("ldap: %s", msg)
+	}
+	if gotID != int(id) {
+		return res, connErr("ldap: response to message %d, expected %d", gotID, id)
+	}
+	if tag != op {
+		return res, connErr("ldap: unexpected response (tag 0x%02x) to message %d", tag, id)
+	}
+	if len(rest) > 0 {
+		tag, v, rest, err = nextTLV(rest)
+		if err != nil || tag != tagControls || len(rest) > 0 || !validControls(v) {
+			return res, errMalformed
+		}
+	}
+	return parseResult(opv, op)
+}
+
+func parseResult(p []byte, op byte) (ldapResult, error) {
+	var res ldapResult
+	tag, v, p, err := nextTLV(p)
+	if err != nil || tag != tagEnumerated {
+		return res, errMalformed
+	}
+	code, ok := nonNegInt(v)
+	if !ok {
+		return res, errMalformed
+	}
+	if code >= int(ldap.ErrorNetwork) {
+		// Not an LDAP result code; go-ldap uses 200 and up for its own errors.
+		return res, connErr("ldap: result code %d out of range", code)
+	}
+	res.code = code
+	tag, v, p, err = nextTLV(p)
+	if err != nil || tag != tagOctets {
+		return res, errMalformed
+	}
+	res.matched = string(v)
+	tag, v, p, err = nextTLV(p)
+	if err != nil || tag != tagOctets {
+		return res, errMalformed
+	}
+	res.diag = string(v)
+	// The optional trailing elements, each at most once and in order.
+	var order []byte
+	if op == tagBindResponse {
+		order = []byte{tagReferral, tagSASLCreds}
+	} else {
+		order = []byte{tagReferral, tagResponseName, tagResponseValue}
+	}
+	for len(p) > 0 {
+		tag, v, p, err = nextTLV(p)
+		if err != nil {
+			return res, errMalformed
+		}
+		for len(order) > 0 && order[0] != tag {
+			order = order[1:]
+		}
+		if len(order) == 0 {
+			return res, errMalformed
+		}
+		order = order[1:]
+		switch tag {
+		case tagReferral:
+			if len(v) == 0 || !allTagged(v, tagOctets) {
+				return res, errMalformed
+			}
+		case tagResponseName:
+			res.name = v
+		}
+	}
+	return res, nil
+}
+
+// validControls checks a Controls list without acting on any control:
+//
+//	Control ::= SEQUENCE { controlType OCTET STRING, criticality BOOLEAN DEFAULT FALSE, controlValue OCTET STRING OPTIONAL }
+func validControls(p []byte) bool {
+	for len(p) > 0 {
+		tag, c, rest, err := nextTLV(p)
+		if err != nil || tag != tagSequence {
+			return false
+		}
+		p = rest
+		tag, _, c, err = nextTLV(c)
+		if err != nil || tag != tagOctets {
+			return false
+		}
+		if len(c) > 0 && c[0] == tagBoolean {
+			var v []byte
+			if _, v, c, err = nextTLV(c); err != nil || len(v) != 1 {
+				return false
+			}
+		}
+		if len(c) > 0 {
+			if tag, _, c, err = nextTLV(c); err != nil || tag != tagOctets || len(c) > 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// allTagged reports that p is a sequence of well-formed elements, each with tag.
+func allTagged(p []byte, tag byte) bool {
+	for len(p) > 0 {
+		t, _, rest, err := nextTLV(p)
+		if err != nil || t != tag {
+			return false
+		}
+		p = rest
+	}
+	return true
+}
+
+// Encoding. Lengths are definite and minimal; the message is built into
+// one buffer so that it goes out in one write.
+
+func lenLen(n int) int {
+	switch {
+	case n < 0x80:
+		return 1
+	case n <= 0xff:
+		return 2
+	case n <= 0xffff:
+		return 3
+	case n <= 0xffffff:
+		return 4
+	}
+	return 5
+}
+
+func tlvLen(n int) int { return 1 + lenLen(n) + n }
+
+func appendLen(dst []byte, n int) []byte {
+	switch {
+	case n < 0x80:
+		return append(dst, byte(n))
+	case n <= 0xff:
+		return append(dst, 0x81, byte(n))
+	case n <= 0xffff:
+		return append(dst, 0x82, byte(n>>8), byte(n))
+	case n <= 0xffffff:
+		return append(dst, 0x83, byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(dst, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}
+
+// intLen is the length of the minimal BER encoding of v >= 0.
+func intLen(v int32) int {
+	n := 1
+	for x := v; x > 0x7f; x >>= 8 {
+		n++
+	}
+	return n
+}
+
+func appendInt(dst []byte, v int32) []byte {
+	n := intLen(v)
+	dst = append(dst, tagInteger, byte(n))
+	for i := n - 1; i >= 0; i-- {
+		dst = append(dst, byte(uint64(v)>>(8*i)))
+	}
+	return dst
+}
+
+func appendString(dst []byte, tag byte, s string) []byte {
+	dst = append(dst, tag)
+	dst = appendLen(dst, len(s))
+	return append(dst, s...)
+}
+
+// appendBindRequest appends
+//
+//	LDAPMessage { id, BindRequest { version 3, name dn, authentication simple pw } }
+func appendBindRequest(dst []byte, id int32, dn, pw string) []byte {
+	op := 3 + tlvLen(len(dn)) + tlvLen(len(pw))
+	dst = append(dst, tagSequence)
+	dst = appendLen(dst, 2+intLen(id)+tlvLen(op))
+	dst = appendInt(dst, id)
+	dst = append(dst, tagBindRequest)
+	dst = appendLen(dst, op)
+	dst = append(dst, tagInteger, 1, 3)
+	dst = appendString(dst, tagOctets, dn)
+	return appendString(dst, tagSimpleAuth, pw)
+}
+
+// appendStartTLSRequest appends
+//
+//	LDAPMessage { id, ExtendedRequest { requestName 1.3.6.1.4.1.1466.20037 } }
+func appendStartTLSRequest(dst []byte, id int32) []byte {
+	op := tlvLen(len(oidStartTLS))
+	dst = append(dst, tagSequence)
+	dst = appendLen(dst, 2+intLen(id)+tlvLen(op))
+	dst = appendInt(dst, id)
+	dst = append(dst, tagExtendedRequest)
+	dst = appendLen(dst, op)
+	return appendString(dst, tagRequestName, oidStartTLS)
+}

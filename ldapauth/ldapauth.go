@@ -204,7 +204,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	if m == modeAuth && !a.baseHasTokens {
 		if me := a.mirrored(&tv); me != nil {
 			ex.step("user found in the local mirror: %s", me.DN)
-			_, err := a.do(ctx, a.bind, func(c *ldap.Conn) error { return c.Bind(me.DN, req.Password) })
+			_, err := a.do(ctx, a.bind, func(c *conn) error { return c.bc.bind(me.DN, req.Password) })
 			switch {
 			case err == nil:
 				entry = me
@@ -246,9 +246,9 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision, base, filter, refusedDN string) (auth.Verdict, *ldap.Entry) {
 	sreq := ldap.NewSearchRequest(base, a.scope, ldap.NeverDerefAliases, 2, a.timeLimit(), false, filter, a.attrs, nil)
 	var res *ldap.SearchResult
-	srv, err := a.do(ctx, a.search, func(c *ldap.Conn) error {
+	srv, err := a.do(ctx, a.search, func(c *conn) error {
 		var err error
-		res, err = c.Search(sreq)
+		res, err = c.lc.Search(sreq)
 		return err
 	})
 	n := 0
@@ -290,7 +290,7 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 		return auth.Rejected("wrong password"), nil
 	}
 	if m == modeAuth {
-		bsrv, err := a.do(ctx, a.bind, func(c *ldap.Conn) error { return c.Bind(entry.DN, req.Password) })
+		bsrv, err := a.do(ctx, a.bind, func(c *conn) error { return c.bc.bind(entry.DN, req.Password) })
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
 				d.detail = "invalid credentials"
@@ -369,9 +369,9 @@ func (a *Authenticator) checkFilter(ctx context.Context, i int, tmpl string, tv 
 	f := string(fb)
 	sreq := ldap.NewSearchRequest(tv.dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1, a.timeLimit(), false, f, []string{"1.1"}, nil)
 	var res *ldap.SearchResult
-	_, err = a.do(ctx, a.search, func(c *ldap.Conn) error {
+	_, err = a.do(ctx, a.search, func(c *conn) error {
 		var err error
-		res, err = c.Search(sreq)
+		res, err = c.lc.Search(sreq)
 		return err
 	})
 	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {

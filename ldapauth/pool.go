@@ -45,16 +45,41 @@ func (r role) String() string {
 }
 
 // conn is one LDAP connection with the net.Conn under it, whose deadline
-// bounds every operation (go-ldap has no per-operation context).
+// bounds every operation (go-ldap has no per-operation context). Search
+// connections are go-ldap's; bind connections are the synchronous
+// bindConn (bindconn.go), which only binds.
 type conn struct {
-	lc     *ldap.Conn
+	lc     *ldap.Conn // roleSearch
+	bc     *bindConn  // roleBind
 	nc     net.Conn
 	srv    *server
 	reused bool // came from the idle pool (may be stale)
 	broken bool // must not be reused
 }
 
-func (c *conn) close() { c.lc.Close() }
+func (c *conn) close() {
+	if c.bc != nil {
+		c.bc.close()
+		return
+	}
+	c.lc.Close()
+}
+
+// closing reports that the connection is known to be unusable.
+func (c *conn) closing() bool {
+	if c.bc != nil {
+		return c.bc.dead
+	}
+	return c.lc.IsClosing()
+}
+
+// idleOK tells whether an idle connection may be handed out.
+func (c *conn) idleOK() bool {
+	if c.bc != nil {
+		return c.bc.idleOK()
+	}
+	return !c.lc.IsClosing()
+}
 
 // pool lets at most MaxConns connections of one role be in use at once, and
 // keeps every healthy one idle for reuse. (Keeping only PoolSize idle made
@@ -99,7 +124,7 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 	for {
 		select {
 		case c := <-p.idle:
-			if c.lc.IsClosing() { // the server went away while it idled
+			if !c.idleOK() { // the server went away while it idled
 				c.close()
 				continue
 			}
@@ -118,7 +143,7 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 
 // put returns c to the idle pool, or closes it if it is broken or the pool is full.
 func (p *pool) put(c *conn) {
-	if c.broken || c.lc.IsClosing() || p.a.closed.Load() {
+	if c.broken || c.closing() || p.a.closed.Load() {
 		c.close()
 	} else {
 		select {
@@ -200,6 +225,20 @@ func (a *Authenticator) dialServer(ctx context.Context, s *server, r role) (*con
 		}
 		nc = tc
 	}
+	if r == roleBind {
+		bc := newBindConn(nc)
+		if s.tls != nil && !s.ldaps {
+			if err := bc.startTLS(ctx, s.tls); err != nil {
+				bc.close()
+				return nil, fmt.Errorf("StartTLS: %w", err)
+			}
+		}
+		if err := bc.nc.SetDeadline(time.Time{}); err != nil {
+			bc.close()
+			return nil, err
+		}
+		return &conn{bc: bc, nc: bc.nc, srv: s}, nil
+	}
 	lc := ldap.NewConn(nc, s.ldaps)
 	lc.Start()
 	c := &conn{lc: lc, nc: nc, srv: s}
@@ -230,14 +269,14 @@ var longAgo = time.Unix(1, 0)
 // run performs f on c with the operation deadline set on the connection;
 // ctx cancellation also interrupts it. timedOut reports that the deadline
 // (not the server) ended the operation.
-func (a *Authenticator) run(ctx context.Context, c *conn, f func(*ldap.Conn) error) (timedOut bool, err error) {
+func (a *Authenticator) run(ctx context.Context, c *conn, f func(*conn) error) (timedOut bool, err error) {
 	deadline := opDeadline(ctx, a.cfg.Timeout)
 	c.nc.SetDeadline(deadline)
 	var stop func() bool
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
 	}
-	err = f(c.lc)
+	err = f(c)
 	if stop != nil && !stop() {
 		c.broken = true // the cancel may set its deadline at any moment now
 	}
@@ -253,13 +292,19 @@ func (a *Authenticator) run(ctx context.Context, c *conn, f func(*ldap.Conn) err
 // isConnErr tells connection failures (retry elsewhere) from LDAP results
 // the server sent (final answers).
 func isConnErr(err error, c *conn) bool {
-	return ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || c.lc.IsClosing()
+	if c.bc != nil {
+		// bindConn reports every connection failure as ErrorNetwork. It may
+		// also retire itself after a valid answer (data followed it); that
+		// answer stands.
+		return ldap.IsErrorWithCode(err, ldap.ErrorNetwork)
+	}
+	return ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || c.closing()
 }
 
 // do runs f on a connection of pool p. A stale pooled connection (the
 // server restarted) gets one retry on a fresh connection; timeouts and LDAP
 // results (invalid credentials above all) are never retried.
-func (a *Authenticator) do(ctx context.Context, p *pool, f func(*ldap.Conn) error) (srv *server, err error) {
+func (a *Authenticator) do(ctx context.Context, p *pool, f func(*conn) error) (srv *server, err error) {
 	for attempt := 0; ; attempt++ {
 		c, err := p.get(ctx)
 		if err != nil {

@@ -1,0 +1,121 @@
+package ldapauth
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/internal/slapdtest"
+)
+
+func bindTestAuth(t *testing.T, url string, edit func(*Config)) *Authenticator {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.URLs = []string{url}
+	cfg.Base = slapdtest.PeopleDN
+	cfg.Timeout = 2 * time.Second
+	cfg.PoolSize, cfg.MaxConns = 1, 1
+	if edit != nil {
+		edit(&cfg)
+	}
+	access := DefaultAccessConfig()
+	access.Hostnames = []string{"mail.example.org"}
+	a, err := New(cfg, access, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// idleBindConn returns the bind pool's one idle connection, leaving it there.
+func idleBindConn(t *testing.T, a *Authenticator) *conn {
+	t.Helper()
+	if n := len(a.bind.idle); n != 1 {
+		t.Fatalf("%d idle bind connections, want 1", n)
+	}
+	c := <-a.bind.idle
+	a.bind.idle <- c
+	return c
+}
+
+// TestBindConnReusedAcrossLogins: one bind connection serves many logins,
+// right and wrong passwords interleaved; a refused bind leaves it usable,
+// and the next right password on it is accepted. Plain, ldaps:// and
+// StartTLS alike.
+func TestBindConnReusedAcrossLogins(t *testing.T) {
+	s := slapdtest.Start(t, slapdtest.WithLDAPS())
+	for _, tc := range []struct {
+		name string
+		url  string
+		edit func(*Config)
+	}{
+		{"plain", s.URL(), nil},
+		{"ldaps", s.LDAPSURL(), func(c *Config) { c.CAFile = s.CAFile() }},
+		{"starttls", s.URL(), func(c *Config) { c.CAFile, c.StartTLS = s.CAFile(), true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := bindTestAuth(t, tc.url, tc.edit)
+			ctx := context.Background()
+			right := auth.Request{User: "alice", Password: "alicepw"}
+			wrong := auth.Request{User: "alice", Password: "alicepw2"}
+			if v := a.Authenticate(ctx, right); v.Outcome != auth.Accept {
+				t.Fatalf("first login: %v %q", v.Outcome, v.Reason)
+			}
+			first := idleBindConn(t, a)
+			startID := first.bc.id
+			const n = 40
+			for i := range n {
+				req, want := right, auth.Accept
+				if i%3 != 2 { // wrong, wrong, right, ...: every right one follows a refused bind
+					req, want = wrong, auth.Reject
+				}
+				if v := a.Authenticate(ctx, req); v.Outcome != want {
+					t.Fatalf("login %d: %v %q, want %v", i, v.Outcome, v.Reason, want)
+				}
+				if c := idleBindConn(t, a); c != first {
+					t.Fatalf("login %d: the bind connection was replaced", i)
+				}
+			}
+			if got := first.bc.id - startID; got != n {
+				t.Errorf("%d binds on the pooled connection, want %d", got, n)
+			}
+		})
+	}
+}
+
+// TestStaleBindConnsAfterRestart: after slapd restarts, every idle bind
+// connection is stale; a login must not run into one after another (go-ldap
+// noticed the close in its reader goroutine; bindConn peeks at the socket).
+func TestStaleBindConnsAfterRestart(t *testing.T) {
+	s := slapdtest.Start(t)
+	a := bindTestAuth(t, s.URL(), func(c *Config) { c.PoolSize, c.MaxConns = 4, 4 })
+	ctx := context.Background()
+	var held []*conn
+	for range 4 {
+		c, err := a.bind.get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	for _, c := range held {
+		a.bind.put(c)
+	}
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // let the close reach our sockets
+	if v := a.Authenticate(ctx, auth.Request{User: "alice", Password: "alicepw"}); v.Outcome != auth.Accept {
+		t.Fatalf("after restart: %v %q", v.Outcome, v.Reason)
+	}
+	if v := a.Authenticate(ctx, auth.Request{User: "alice", Password: "nope"}); v.Outcome != auth.Reject {
+		t.Fatalf("after restart, wrong password: %v %q", v.Outcome, v.Reason)
+	}
+	for _, c := range held {
+		if !c.bc.dead {
+			t.Error("a stale connection was not closed")
+		}
+	}
+}

@@ -65,14 +65,12 @@ type Server struct {
 	initOnce sync.Once
 	slots    chan struct{} // semaphore: one token per running connection
 	done     chan struct{} // closed when shutting down
-	baseCtx  context.Context
-	cancel   context.CancelFunc
 
 	mu        sync.Mutex
 	closing   bool
 	listeners map[*net.Listener]struct{}
-	conns     map[net.Conn]struct{}
-	active    int           // connections plus authenticator calls still running
+	conns     map[*conn]struct{}
+	active    int           // connections still being served (until their Authenticator returns)
 	idle      chan struct{} // closed when active drops to 0 while closing
 }
 
@@ -84,9 +82,8 @@ func (s *Server) init() {
 		}
 		s.slots = make(chan struct{}, n)
 		s.done = make(chan struct{})
-		s.baseCtx, s.cancel = context.WithCancel(context.Background())
 		s.listeners = make(map[*net.Listener]struct{})
-		s.conns = make(map[net.Conn]struct{})
+		s.conns = make(map[*conn]struct{})
 	})
 }
 
@@ -162,12 +159,13 @@ func (s *Server) Serve(l net.Listener) error {
 			c.Close()
 			return ErrServerClosed
 		}
-		if !s.trackConn(c, true) {
+		r := &conn{s: s, c: c, addr: addr}
+		if !s.trackConn(r, true) {
 			<-s.slots
 			c.Close()
 			return ErrServerClosed
 		}
-		go s.serveConn(c, addr)
+		go r.serve()
 	}
 }
 
@@ -232,7 +230,7 @@ func (s *Server) trackListener(l *net.Listener, add bool) bool {
 
 // trackConn registers a connection as active; false means the server is
 // closing and the connection must be dropped.
-func (s *Server) trackConn(c net.Conn, add bool) bool {
+func (s *Server) trackConn(c *conn, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if add {
@@ -247,8 +245,8 @@ func (s *Server) trackConn(c net.Conn, add bool) bool {
 	return true
 }
 
-// finish ends one unit of activity (a connection, or an authenticator call)
-// and wakes Shutdown when nothing is left.
+// finish ends one connection's activity and wakes Shutdown when nothing is
+// left.
 func (s *Server) finish() {
 	s.mu.Lock()
 	s.active--
@@ -306,90 +304,157 @@ func (s *Server) beginClose() <-chan struct{} {
 }
 
 func (s *Server) abort() {
-	s.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for c := range s.conns {
-		c.Close()
+	for r := range s.conns {
+		go r.cancel(context.Canceled) // may answer its client: not under s.mu
+		r.c.Close()
 	}
 }
 
 // decision is what gets logged about one connection.
 type decision struct {
 	req      auth.Request
+	ok       bool
 	outcome  string
 	reason   string
 	malform  error
 	panicked bool
 }
 
-func (s *Server) serveConn(c net.Conn, addr string) {
-	start := time.Now()
-	log := s.logger()
-	authRunning := false
-	defer func() {
-		// Last line of defence: a bug here must cost one connection, not the daemon.
-		if p := recover(); p != nil {
-			log.Error("saslauthd: panic serving connection", "socket", addr,
-				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-		}
-		c.Close()
-		s.trackConn(c, false)
-		s.finish()
-		if !authRunning {
-			<-s.slots
-		}
-	}()
+func (r *conn) serve() {
+	s := r.s
+	r.start = time.Now()
+	defer r.end()
 
 	// One deadline, one runtime timer, for the read and (usually) the write.
-	readDeadline := start.Add(orDefault(s.ReadTimeout, DefaultReadTimeout))
-	c.SetDeadline(readDeadline)
-	req, err := ReadRequest(c, ReadOptions{
+	r.readDeadline = r.start.Add(orDefault(s.ReadTimeout, DefaultReadTimeout))
+	r.c.SetDeadline(r.readDeadline)
+	req, err := ReadRequest(r.c, ReadOptions{
 		MaxFieldSize:   s.MaxFieldSize,
 		ClientAddrWait: s.ClientAddrWait,
-		Deadline:       readDeadline,
+		Deadline:       r.readDeadline,
 	})
 
-	d := decision{req: req}
-	var ok bool
-	var text string
+	r.d.req = req
 	switch {
 	case errors.Is(err, ErrEmptyLogin), errors.Is(err, ErrEmptyPassword):
-		d.outcome, d.reason = auth.Reject.String(), strings.TrimPrefix(err.Error(), "saslauthd: ")
-		text = d.reason
+		r.d.outcome, r.d.reason = auth.Reject.String(), strings.TrimPrefix(err.Error(), "saslauthd: ")
 	case err != nil:
-		d.malform = err
-		text = "malformed request"
+		r.d.malform = err
 	default:
-		var v auth.Verdict
-		v, d.panicked, authRunning = s.authenticate(req)
-		ok = v.Outcome == auth.Accept
-		d.outcome, d.reason = v.Outcome.String(), v.Reason
-		if d.reason == "" && !ok {
-			d.reason = "authentication failed"
-		}
-		text = d.reason
+		r.decide()
+		return
 	}
-
 	// Always try to answer, even a malformed or cut-off request: a client
 	// that only half-closed can still read its NO; one that left costs a
 	// failed write.
-	//
+	s.reply(r, &r.d)
+}
+
+// end releases what serve held: the connection, its activity unit and its
+// slot (held until the Authenticator returned, even if the client was
+// answered before).
+func (r *conn) end() {
+	s := r.s
+	// Last line of defence: a bug here must cost one connection, not the daemon.
+	if p := recover(); p != nil {
+		s.logger().Error("saslauthd: panic serving connection", "socket", r.addr,
+			"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+	}
+	r.c.Close()
+	s.trackConn(r, false)
+	s.finish()
+	<-s.slots
+}
+
+// decide runs the Authenticator in the connection's goroutine, with r as
+// its context (deadline RequestTimeout) and a panic guard, and replies. If
+// the Authenticator overruns its deadline, or Shutdown gives up on it, the
+// goroutine that ends the context answers the client at once (tempfail)
+// while this one waits for the call: the connection's slot stays taken until
+// the call returns, so a stuck backend can never pile up more calls than
+// MaxConns.
+func (r *conn) decide() {
+	s := r.s
+	r.mu.Lock()
+	if r.err != nil { // Shutdown gave up before the request was read
+		r.answered = true
+		r.mu.Unlock()
+		r.d.outcome, r.d.reason = auth.TempFail.String(), "server shutting down"
+		s.reply(r, &r.d)
+		return
+	}
+	r.running = true
+	r.mu.Unlock()
+	timeout := orDefault(s.RequestTimeout, DefaultRequestTimeout)
+	r.deadline = time.Now().Add(timeout)
+	r.timer = time.AfterFunc(timeout, r.expire)
+
+	v, panicked := s.callAuthenticator(r, r.d.req)
+
+	r.timer.Stop()
+	r.mu.Lock()
+	r.running = false
+	late, wd := r.answered, r.watchdogd
+	r.answered = true
+	r.mu.Unlock()
+	r.cancel(context.Canceled) // the call is over: release derived contexts
+	if late {
+		<-wd // the watchdog answered; let it finish before the connection closes
+		return
+	}
+	d := &r.d
+	d.panicked = panicked
+	d.ok = v.Outcome == auth.Accept
+	d.outcome, d.reason = v.Outcome.String(), v.Reason
+	if !d.ok && d.reason == "" {
+		d.reason = "authentication failed"
+	}
+	s.reply(r, d)
+}
+
+// callAuthenticator calls the Authenticator, turning a panic into a
+// tempfail.
+func (s *Server) callAuthenticator(ctx context.Context, req auth.Request) (v auth.Verdict, panicked bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			// The panic value may quote the request: keep the password out of the log.
+			msg := fmt.Sprint(p)
+			if req.Password != "" {
+				msg = strings.ReplaceAll(msg, req.Password, "[password]")
+			}
+			s.logger().Error("saslauthd: authenticator panicked", "user", req.User,
+				"service", req.Service, "panic", msg, "stack", string(debug.Stack()))
+			v, panicked = auth.TempFailed("internal error"), true
+		}
+	}()
+	return s.Authenticator.Authenticate(ctx, req), false
+}
+
+// reply writes the answer for d, logs the decision and, where needed,
+// drains the connection.
+func (s *Server) reply(r *conn, d *decision) {
+	c := r.c
 	// The write deadline is still the read deadline. The reply is one small
 	// write into an empty socket buffer, so keep it while at least half of
 	// WriteTimeout is left; otherwise (a slow backend) give the write a
 	// fresh WriteTimeout. Either way the write is bounded.
-	if wt := orDefault(s.WriteTimeout, DefaultWriteTimeout); time.Until(readDeadline) < wt/2 {
+	if wt := orDefault(s.WriteTimeout, DefaultWriteTimeout); time.Until(r.readDeadline) < wt/2 {
 		c.SetWriteDeadline(time.Now().Add(wt))
 	}
+	text := d.reason
+	if d.malform != nil {
+		text = "malformed request"
+	}
 	replied := true
-	if werr := WriteReply(c, ok, text); werr != nil {
+	if werr := WriteReply(c, d.ok, text); werr != nil {
 		replied = false
 		if d.malform == nil {
 			d.reason += " (reply not delivered: " + werr.Error() + ")"
 		}
 	}
-	s.logDecision(log, addr, d, time.Since(start))
+	s.logDecision(s.logger(), r.addr, d, time.Since(r.start))
 	if replied && (d.malform != nil || !isUnix(c)) {
 		s.drain(c)
 	}
@@ -406,58 +471,6 @@ func (s *Server) serveConn(c net.Conn, addr string) {
 func isUnix(c net.Conn) bool {
 	_, ok := c.(*net.UnixConn)
 	return ok
-}
-
-// authenticate runs the Authenticator with a deadline and a panic guard. If
-// the Authenticator overruns its deadline the client is answered at once
-// (tempfail); the call keeps its slot until it returns (stillRunning), so a
-// stuck backend can never pile up more goroutines than MaxConns.
-func (s *Server) authenticate(req auth.Request) (v auth.Verdict, panicked, stillRunning bool) {
-	ctx, cancel := context.WithTimeout(s.baseCtx, orDefault(s.RequestTimeout, DefaultRequestTimeout))
-	type result struct {
-		v        auth.Verdict
-		panicked bool
-	}
-	ch := make(chan result, 1)
-	s.mu.Lock()
-	s.active++ // the call holds its own activity unit so Shutdown waits for it
-	s.mu.Unlock()
-	go func() {
-		var r result
-		defer func() {
-			if p := recover(); p != nil {
-				// The panic value may quote the request: keep the password out of the log.
-				msg := fmt.Sprint(p)
-				if req.Password != "" {
-					msg = strings.ReplaceAll(msg, req.Password, "[password]")
-				}
-				s.logger().Error("saslauthd: authenticator panicked", "user", req.User,
-					"service", req.Service, "panic", msg, "stack", string(debug.Stack()))
-				r = result{v: auth.TempFailed("internal error"), panicked: true}
-			}
-			ch <- r
-			cancel()
-			s.finish()
-		}()
-		r.v = s.Authenticator.Authenticate(ctx, req)
-	}()
-	select {
-	case r := <-ch:
-		return r.v, r.panicked, false
-	case <-ctx.Done():
-		select {
-		case r := <-ch: // answered right at the deadline: keep the answer
-			return r.v, r.panicked, false
-		default:
-		}
-		// Hand the slot to the goroutine: released when the call returns.
-		go func() { <-ch; <-s.slots }()
-		reason := "timeout"
-		if errors.Is(ctx.Err(), context.Canceled) {
-			reason = "server shutting down"
-		}
-		return auth.TempFailed(reason), false, true
-	}
 }
 
 // drain does what Cyrus does after replying: shut the write side, then read
@@ -479,7 +492,7 @@ func (s *Server) drain(c net.Conn) {
 	}
 }
 
-func (s *Server) logDecision(log *slog.Logger, addr string, d decision, took time.Duration) {
+func (s *Server) logDecision(log *slog.Logger, addr string, d *decision, took time.Duration) {
 	if d.malform != nil {
 		level := slog.LevelWarn
 		if errors.Is(d.malform, ErrNoRequest) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -729,5 +730,103 @@ func TestServerSlowDecisionStillWritten(t *testing.T) {
 	waitFor(t, func() bool { return strings.Contains(logs.String(), `"msg":"saslauthd: decision"`) })
 	if strings.Contains(logs.String(), "not delivered") {
 		t.Errorf("reply logged as not delivered:\n%s", logs.String())
+	}
+}
+
+// TestServerRequestContext: the context the Authenticator gets behaves like
+// context.WithTimeout's: its deadline, its error at the deadline and after
+// the call, and contexts and AfterFuncs derived from it, which must end with
+// it (without a goroutine each).
+func TestServerRequestContext(t *testing.T) {
+	type seen struct {
+		deadlineOK, derivedEnded, afterFuncRan, causeOK bool
+		err, derivedErr                                 error
+		extraGoroutines                                 int
+	}
+	got := make(chan seen, 1)
+	var kept context.Context
+	srv := &Server{
+		RequestTimeout: 200 * time.Millisecond,
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+			var s seen
+			dl, ok := ctx.Deadline()
+			s.deadlineOK = ok && time.Until(dl) > 100*time.Millisecond && time.Until(dl) <= 200*time.Millisecond
+			before := runtime.NumGoroutine()
+			var cancels []context.CancelFunc
+			for range 100 {
+				_, cancel := context.WithTimeout(ctx, time.Hour)
+				cancels = append(cancels, cancel)
+			}
+			s.extraGoroutines = runtime.NumGoroutine() - before
+			for _, cancel := range cancels[:50] {
+				cancel()
+			}
+			derived, cancel := context.WithCancel(ctx)
+			defer cancel()
+			ran := make(chan struct{})
+			context.AfterFunc(ctx, func() { close(ran) })
+			select {
+			case <-derived.Done():
+				s.derivedEnded = true
+			case <-time.After(5 * time.Second):
+			}
+			select {
+			case <-ran:
+				s.afterFuncRan = true
+			case <-time.After(5 * time.Second):
+			}
+			s.err, s.derivedErr = ctx.Err(), derived.Err()
+			s.causeOK = context.Cause(ctx) == context.DeadlineExceeded
+			kept = ctx
+			got <- s
+			return auth.Accepted("", nil)
+		}),
+	}
+	path, _ := startServer(t, srv)
+	ok, text := ask(t, path, auth.Request{User: "u", Password: "p"})
+	if ok || text != "timeout" {
+		t.Errorf("answer %v %q, want NO timeout", ok, text)
+	}
+	s := <-got
+	if !s.deadlineOK || !s.derivedEnded || !s.afterFuncRan || !s.causeOK ||
+		s.err != context.DeadlineExceeded || !errors.Is(s.derivedErr, context.DeadlineExceeded) {
+		t.Errorf("request context: %+v", s)
+	}
+	if s.extraGoroutines > 10 {
+		t.Errorf("100 derived contexts started %d goroutines", s.extraGoroutines)
+	}
+	// A context kept past the call has ended; its Done is closed.
+	waitFor(t, func() bool {
+		select {
+		case <-kept.Done():
+			return kept.Err() != nil
+		default:
+			return false
+		}
+	})
+
+	// A request that finishes in time: its context ends (Canceled) once the
+	// call returns, and AfterFuncs that were stopped never run.
+	var after atomic.Int32
+	var ctxAfter context.Context
+	srv2 := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		stop := context.AfterFunc(ctx, func() { after.Add(1) })
+		context.AfterFunc(ctx, func() { after.Add(10) })
+		if !stop() || stop() {
+			t.Error("AfterFunc's stop: want true, then false")
+		}
+		if ctx.Err() != nil {
+			t.Errorf("live context: Err = %v", ctx.Err())
+		}
+		ctxAfter = ctx
+		return auth.Accepted("", nil)
+	})}
+	path2, _ := startServer(t, srv2)
+	if ok, _ := ask(t, path2, auth.Request{User: "u", Password: "p"}); !ok {
+		t.Fatal("not accepted")
+	}
+	waitFor(t, func() bool { return after.Load() == 10 })
+	if ctxAfter.Err() != context.Canceled {
+		t.Errorf("context after the call: %v, want Canceled", ctxAfter.Err())
 	}
 }

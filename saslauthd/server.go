@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,6 +66,8 @@ type Server struct {
 	initOnce sync.Once
 	slots    chan struct{} // semaphore: one token per running connection
 	done     chan struct{} // closed when shutting down
+	work     chan *conn    // idle workers wait here for a connection
+	idlers   atomic.Int32  // workers waiting on work (or about to)
 
 	mu        sync.Mutex
 	closing   bool
@@ -82,6 +85,7 @@ func (s *Server) init() {
 		}
 		s.slots = make(chan struct{}, n)
 		s.done = make(chan struct{})
+		s.work = make(chan *conn)
 		s.listeners = make(map[*net.Listener]struct{})
 		s.conns = make(map[*conn]struct{})
 	})
@@ -165,7 +169,41 @@ func (s *Server) Serve(l net.Listener) error {
 			c.Close()
 			return ErrServerClosed
 		}
-		go r.serve()
+		s.dispatch(r)
+	}
+}
+
+// maxIdleWorkers bounds the goroutines kept waiting for connections.
+const maxIdleWorkers = 64
+
+// dispatch hands a connection to an idle worker, or to a new one. Reusing
+// goroutines matters for CPU: a fresh goroutine starts on a 2 KB stack, and
+// every request would grow (copy) it on the way down through reading,
+// deciding and logging; a worker's stack has grown once already.
+func (s *Server) dispatch(r *conn) {
+	select {
+	case s.work <- r:
+	default:
+		go s.worker(r)
+	}
+}
+
+// worker serves r, then further connections from dispatch. It exits when
+// enough others are idle, or on shutdown.
+func (s *Server) worker(r *conn) {
+	for {
+		r.serve()
+		if s.idlers.Add(1) > maxIdleWorkers {
+			s.idlers.Add(-1)
+			return
+		}
+		select {
+		case r = <-s.work:
+			s.idlers.Add(-1)
+		case <-s.done:
+			s.idlers.Add(-1)
+			return
+		}
 	}
 }
 

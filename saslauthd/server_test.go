@@ -830,3 +830,40 @@ func TestServerRequestContext(t *testing.T) {
 		t.Errorf("context after the call: %v, want Canceled", ctxAfter.Err())
 	}
 }
+
+// TestServerWorkersExitOnShutdown: the goroutines kept for reuse between
+// connections end with the server.
+func TestServerWorkersExitOnShutdown(t *testing.T) {
+	base := runtime.NumGoroutine()
+	srv := &Server{
+		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
+		Logger:        slog.New(slog.DiscardHandler),
+	}
+	l, err := Listen(filepath.Join(t.TempDir(), "mux"), 0o666, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := l.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				c := Client{Path: path, Timeout: 10 * time.Second}
+				if ok, _, err := c.Authenticate(context.Background(), auth.Request{User: "u", Password: "p"}); !ok || err != nil {
+					t.Errorf("not served: %v %v", ok, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-served
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= base })
+}

@@ -464,6 +464,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		reqs[i] = auth.Request{User: "user" + strconv.Itoa(i), Password: slapdtest.GeneratedUserPassword(i), Service: "imap"}
 	}
 	b.ReportAllocs()
+	defer reportCPU(b)()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0

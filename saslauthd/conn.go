@@ -35,7 +35,7 @@ type conn struct {
 	answered  bool           // the client's reply is sent or being sent
 	watchdogd chan struct{}  // closed when the timeout's reply is written
 
-	d decision // its req is set before the Authenticator runs and not changed after
+	d decision // its req (no password) is set before the Authenticator runs, then not changed
 }
 
 var closedChan = func() chan struct{} {

@@ -54,7 +54,8 @@ type Server struct {
 	// Authenticator. When it passes the client is answered NO at once.
 	RequestTimeout time.Duration
 	// DrainTimeout bounds how long, after replying, the server waits for the
-	// client to close (Cyrus drains to EOF with no bound).
+	// client to close (Cyrus drains to EOF with no bound). Only TCP
+	// connections and malformed requests are drained; see isUnix.
 	DrainTimeout time.Duration
 	// MaxConns caps the connections handled at once (across all listeners).
 	MaxConns int
@@ -193,6 +194,7 @@ func (s *Server) dispatch(r *conn) {
 func (s *Server) worker(r *conn) {
 	for {
 		r.serve()
+		r = nil // nothing of a finished connection stays reachable
 		if s.idlers.Add(1) > maxIdleWorkers {
 			s.idlers.Add(-1)
 			return
@@ -374,14 +376,17 @@ func (r *conn) serve() {
 		Deadline:       r.readDeadline,
 	})
 
+	// What gets logged, and what the request's context (which a backend
+	// might keep) holds: never the password.
 	r.d.req = req
+	r.d.req.Password = ""
 	switch {
 	case errors.Is(err, ErrEmptyLogin), errors.Is(err, ErrEmptyPassword):
 		r.d.outcome, r.d.reason = auth.Reject.String(), strings.TrimPrefix(err.Error(), "saslauthd: ")
 	case err != nil:
 		r.d.malform = err
 	default:
-		r.decide()
+		r.decide(req)
 		return
 	}
 	// Always try to answer, even a malformed or cut-off request: a client
@@ -413,7 +418,7 @@ func (r *conn) end() {
 // while this one waits for the call: the connection's slot stays taken until
 // the call returns, so a stuck backend can never pile up more calls than
 // MaxConns.
-func (r *conn) decide() {
+func (r *conn) decide(req auth.Request) {
 	s := r.s
 	r.mu.Lock()
 	if r.err != nil { // Shutdown gave up before the request was read
@@ -429,7 +434,7 @@ func (r *conn) decide() {
 	r.deadline = time.Now().Add(timeout)
 	r.timer = time.AfterFunc(timeout, r.expire)
 
-	v, panicked := s.callAuthenticator(r, r.d.req)
+	v, panicked := s.callAuthenticator(r, req)
 
 	r.timer.Stop()
 	r.mu.Lock()

@@ -173,8 +173,9 @@ func (c *Cache) Authenticate(ctx context.Context, req auth.Request) auth.Verdict
 
 // miss asks the next Authenticator, or waits for an identical request
 // already asking, and stores an Accept. It is a separate function so that
-// the hit path keeps a small stack frame: the front door runs each request
-// on a fresh goroutine, whose stack would otherwise have to grow.
+// the hit path keeps a small stack frame, and a front door that runs a
+// request on a fresh goroutine (checkpassword's control socket) does not
+// have to grow its stack.
 //
 //go:noinline
 func (c *Cache) miss(ctx context.Context, s *shard, req auth.Request, id, ver *[32]byte) auth.Verdict {

@@ -75,6 +75,7 @@ type options struct {
 	untrusted       bool
 	noAnonymousRead bool
 	unauthBind      bool
+	syncProv        bool
 	readyTimeout    time.Duration
 }
 
@@ -104,6 +105,10 @@ func WithoutAnonymousRead() Option { return func(o *options) { o.noAnonymousRead
 // empty password succeeds as anonymous: "allow bind_anon_dn"), the server
 // setting that makes an empty password dangerous for naive clients.
 func WithUnauthenticatedBind() Option { return func(o *options) { o.unauthBind = true } }
+
+// WithSyncProv loads the syncprov overlay on the database, so the server
+// offers RFC 4533 content synchronisation (refreshAndPersist searches).
+func WithSyncProv() Option { return func(o *options) { o.syncProv = true } }
 
 // WithReadyTimeout bounds the wait for slapd to answer (default 15s).
 func WithReadyTimeout(d time.Duration) Option { return func(o *options) { o.readyTimeout = d } }
@@ -204,7 +209,8 @@ pidfile {{.Dir}}/slapd.pid
 argsfile {{.Dir}}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
-TLSCACertificateFile {{.Dir}}/ca.pem
+{{if .SyncProv}}moduleload syncprov
+{{end}}TLSCACertificateFile {{.Dir}}/ca.pem
 TLSCertificateFile {{.Dir}}/{{.CertName}}.pem
 TLSCertificateKeyFile {{.Dir}}/{{.CertName}}.key
 {{if .UnauthBind}}allow bind_anon_dn
@@ -218,7 +224,8 @@ directory {{.Dir}}/db
 index objectClass eq
 index uid eq
 index mail eq
-access to dn.base=""
+{{if .SyncProv}}index entryUUID,entryCSN eq
+{{end}}access to dn.base=""
 	by * read
 access to attrs=userPassword
 	by self =xw
@@ -228,7 +235,8 @@ access to *
 	by users read
 	by anonymous {{if .NoAnonymousRead}}auth{{else}}read{{end}}
 	by * none
-`))
+{{if .SyncProv}}overlay syncprov
+{{end}}`))
 
 func (s *Server) prepare() error {
 	o := s.opts
@@ -247,6 +255,7 @@ func (s *Server) prepare() error {
 	err := confTemplate.Execute(&conf, map[string]any{
 		"Testdata": TestdataDir(), "Dir": s.Dir, "CertName": certName,
 		"UnauthBind": o.unauthBind, "NoAnonymousRead": o.noAnonymousRead,
+		"SyncProv": o.syncProv,
 	})
 	if err != nil {
 		return err

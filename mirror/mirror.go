@@ -16,10 +16,22 @@
 //     because Unicode normalisation could make it equal to an ASCII login;
 //   - a mirror older than MaxStale (refreshes failing) answers nothing.
 //
-// A refresh is a full paged search every Refresh interval. Access changes in
-// the directory (host, service attributes) reach the mirror within one
-// interval, as with a cache TTL; a deleted or moved entry fails its bind and
-// the caller falls back to a search.
+// When the server offers LDAP content synchronisation (RFC 4533, OpenLDAP's
+// syncprov overlay) and the Dialer's connection is a Syncer, the mirror
+// follows the directory with a refreshAndPersist search: each session
+// starts without a cookie, so its refresh phase delivers the whole content
+// into a fresh index that replaces the old one when the refresh is done;
+// changes then reach the mirror as the server sends them (well under a
+// second). It answers only while that session lasts and a probe on its
+// connection comes back every second (bound: the lesser of SyncStale and
+// MaxStale); when the session ends or misbehaves the mirror answers nothing
+// until a new session has finished its refresh phase (reconnecting with
+// backoff).
+//
+// Otherwise a refresh is a full paged search every Refresh interval. Access
+// changes in the directory (host, service attributes) reach the mirror
+// within one interval, as with a cache TTL; a deleted or moved entry fails
+// its bind and the caller falls back to a search.
 package mirror
 
 import (
@@ -52,6 +64,9 @@ type Searcher interface {
 // same one the caller searches with), and a function to release it. The
 // caller owns TLS, failover and timeouts, so the mirror never weakens them;
 // the connection must not outlive ctx's deadline (set it on the socket).
+// The mirror's own connections (Start) get a ctx without deadline, which
+// it cancels to end them: a sync session lives as long as it is healthy.
+// The connect itself must still be bounded by the caller's timeout.
 type Dialer func(ctx context.Context) (s Searcher, release func(), err error)
 
 // Config says what to mirror.
@@ -66,7 +81,8 @@ type Config struct {
 	// MaxStale is how old the last good refresh may be before the mirror
 	// answers nothing (default 3 × Refresh).
 	MaxStale time.Duration
-	// Timeout bounds one whole refresh (default Refresh / 2).
+	// Timeout bounds one whole refresh, or a sync session's connect and
+	// refresh phase (default Refresh / 2).
 	Timeout    time.Duration
 	PageSize   uint32 // default DefaultPageSize
 	MaxEntries int    // refuse to mirror a larger directory (default DefaultMaxEntries)
@@ -82,7 +98,8 @@ type Mirror struct {
 	log     *slog.Logger
 	now     func() time.Time
 
-	snap atomic.Pointer[snapshot]
+	snap    atomic.Pointer[snapshot]
+	storeMu sync.Mutex // orders snapshot stores: a paged one never replaces a live one
 
 	stopOnce sync.Once
 	started  atomic.Bool
@@ -100,6 +117,9 @@ type snapshot struct {
 	// off is set when the directory holds a value the mirror cannot fold
 	// safely (non-ASCII): every lookup is a miss.
 	off string
+	// live, when set, replaces byValue and off: the index a sync session
+	// keeps current; at is when its refresh phase ended.
+	live *liveIndex
 }
 
 // ErrUnsupported means the configuration cannot be mirrored safely; the
@@ -182,40 +202,75 @@ func refreshFilter(f string) (attr, refresh string, err error) {
 }
 
 // Start loads the mirror once (returning that error, if any: the caller may
-// go on without it) and keeps refreshing it until Close.
+// go on without it) and keeps it current until Close: by a sync session
+// when the server offers one, else by a refresh every Refresh interval.
+// Start returns when the first load is done or failed, or ctx ends (the
+// loading then goes on in the background).
 func (m *Mirror) Start(ctx context.Context) error {
-	// Close also ends the first load, whatever ctx the caller gave.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(m.ctx, cancel)()
-	err := m.Refresh(ctx)
-	if m.started.CompareAndSwap(false, true) {
-		go m.loop()
+	if !m.started.CompareAndSwap(false, true) {
+		return m.Refresh(ctx)
 	}
-	return err
+	first := make(chan error, 1)
+	go m.loop(first)
+	select {
+	case err := <-first:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("mirror: first load: %w", ctx.Err())
+	case <-m.ctx.Done(): // Close also ends the first load
+		return fmt.Errorf("mirror: first load: %w", m.ctx.Err())
+	}
 }
 
-func (m *Mirror) loop() {
+func (m *Mirror) loop(first chan<- error) {
 	defer close(m.done)
-	t := time.NewTicker(m.cfg.Refresh)
-	defer t.Stop()
-	for {
+	report := func(err error) {
+		if first != nil {
+			first <- err
+			first = nil
+		}
+	}
+	syncing := false // the last cycle ran a sync session: reconnect soon
+	backoff := syncBackoffMin
+	for m.ctx.Err() == nil {
+		synced, live, err := m.cycle(report)
+		if m.ctx.Err() != nil {
+			return
+		}
+		wait := m.cfg.Refresh
+		switch {
+		case synced:
+			syncing = true
+			if live {
+				backoff = syncBackoffMin
+			}
+			wait = min(backoff, m.cfg.Refresh)
+			backoff = min(2*backoff, syncBackoffMax)
+			m.log.Warn("mirror sync session ended; lookups fall back to LDAP search until a new one has loaded",
+				"err", err, "retry_in", wait)
+		case err != nil && syncing:
+			wait = min(backoff, m.cfg.Refresh)
+			backoff = min(2*backoff, syncBackoffMax)
+			m.log.Warn("mirror sync reconnect failed", "err", err, "retry_in", wait)
+		case err != nil:
+			m.log.Warn("mirror refresh failed; lookups fall back to LDAP search when it is too old",
+				"err", err, "max_stale", m.cfg.MaxStale)
+		default:
+			syncing = false
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-m.ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
-			if err := m.Refresh(ctx); err != nil {
-				m.log.Warn("mirror refresh failed; lookups fall back to LDAP search when it is too old",
-					"err", err, "max_stale", m.cfg.MaxStale)
-			}
-			cancel()
 		}
 	}
 }
 
-// Close stops the refreshes. Lookups keep answering from the last snapshot
-// until it is too old.
+// Close stops the refreshes and ends a sync session. Lookups keep answering
+// from the last periodic snapshot until it is too old; a sync session's
+// index stops answering when the session ends.
 func (m *Mirror) Close() {
 	m.stopOnce.Do(m.cancel)
 	if m.started.Load() {
@@ -223,13 +278,21 @@ func (m *Mirror) Close() {
 	}
 }
 
-// Refresh reloads the whole mirror now.
+// Refresh reloads the whole mirror now by a paged search; with a sync
+// session live it does nothing (the mirror is current already).
 func (m *Mirror) Refresh(ctx context.Context) error {
+	if s := m.snap.Load(); s != nil && s.live != nil && !s.live.dead.Load() {
+		return nil
+	}
 	s, release, err := m.dial(ctx)
 	if err != nil {
 		return fmt.Errorf("mirror: connect: %w", err)
 	}
 	defer release()
+	return m.refreshOn(ctx, s)
+}
+
+func (m *Mirror) refreshOn(ctx context.Context, s Searcher) error {
 	started := m.now()
 	timeLimit := 0
 	if dl, ok := ctx.Deadline(); ok {
@@ -246,7 +309,13 @@ func (m *Mirror) Refresh(ctx context.Context) error {
 	}
 	snap := build(res.Entries, m.keyAttr)
 	snap.at = started
+	m.storeMu.Lock()
+	if cur := m.snap.Load(); cur != nil && cur.live != nil && !cur.live.dead.Load() {
+		m.storeMu.Unlock()
+		return nil // a sync session went live meanwhile: it is more current
+	}
 	m.snap.Store(snap)
+	m.storeMu.Unlock()
 	if snap.off != "" {
 		m.log.Warn("mirror disabled for this snapshot; every login uses search+bind", "reason", snap.off)
 	}
@@ -360,6 +429,12 @@ func (m *Mirror) Lookup(login string) (e *ldap.Entry, ok bool) {
 	if s == nil || s.off != "" || !plainLogin(login) {
 		return nil, false
 	}
+	if x := s.live; x != nil {
+		if x.dead.Load() || m.now().Sub(time.Unix(0, x.alive.Load())) > m.syncStale() {
+			return nil, false
+		}
+		return x.lookup(login)
+	}
 	if m.now().Sub(s.at) > m.cfg.MaxStale {
 		return nil, false
 	}
@@ -370,15 +445,29 @@ func (m *Mirror) Lookup(login string) (e *ldap.Entry, ok bool) {
 // Len is the number of logins the mirror answers for.
 func (m *Mirror) Len() int {
 	if s := m.snap.Load(); s != nil {
+		if s.live != nil {
+			return s.live.logins()
+		}
 		return len(s.byValue)
 	}
 	return 0
 }
 
-// Age is how old the current snapshot is; -1 before the first load.
+// Age is how old the current snapshot is (for a sync session: since the
+// last proof it was current); -1 before the first load.
 func (m *Mirror) Age() time.Duration {
 	if s := m.snap.Load(); s != nil {
+		if s.live != nil {
+			return m.now().Sub(time.Unix(0, s.live.alive.Load()))
+		}
 		return m.now().Sub(s.at)
 	}
 	return -1
+}
+
+// Syncing reports whether a sync session currently keeps the mirror
+// current (for status reports and tests).
+func (m *Mirror) Syncing() bool {
+	s := m.snap.Load()
+	return s != nil && s.live != nil && !s.live.dead.Load()
 }

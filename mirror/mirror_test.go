@@ -240,6 +240,9 @@ func TestAgainstSlapd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
+	if m.Syncing() {
+		t.Fatal("sync session against a server without syncprov")
+	}
 	if m.Len() < n {
 		t.Fatalf("mirror holds %d logins, want at least %d (paging?)", m.Len(), n)
 	}

@@ -50,7 +50,12 @@ func (a *Authenticator) mirrorDial(ctx context.Context) (mirror.Searcher, func()
 	if err != nil {
 		return nil, nil, err
 	}
-	c.nc.SetDeadline(opDeadline(ctx, a.cfg.MirrorRefresh))
+	// A sync session's ctx has no deadline: its connection lives until the
+	// mirror cancels ctx (it bounds each phase itself and probes the
+	// connection every second). A Refresh's ctx has one: keep to it.
+	if _, ok := ctx.Deadline(); ok {
+		c.nc.SetDeadline(opDeadline(ctx, a.cfg.MirrorRefresh))
+	}
 	// Close (or a reload) cancels ctx: end a refresh in flight at once.
 	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
 	return c.lc, func() { stop(); c.close() }, nil

@@ -139,3 +139,48 @@ func TestMirrorRefusesAccessFilters(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestMirrorSync: against a server with syncprov the mirror follows the
+// directory, so a revoked host refuses the login within moments, still
+// answered from the mirror, without any refresh.
+func TestMirrorSync(t *testing.T) {
+	s := slapdtest.Start(t, slapdtest.WithSyncProv())
+	cfg, access := baseConfig(s.URL())
+	cfg.BindDN, cfg.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
+	cfg.MirrorRefresh = time.Hour // never reached: changes come by sync
+	a := newAuth(t, cfg, access)
+	m := a.Mirror()
+	deadline := time.Now().Add(10 * time.Second)
+	for !m.Syncing() {
+		if time.Now().After(deadline) {
+			t.Fatal("no sync session")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx := context.Background()
+	req := auth.Request{User: "alice", Password: "alicepw", Service: "imap"}
+	if v := a.Authenticate(ctx, req); v.Outcome != auth.Accept {
+		t.Fatalf("alice: %v %q", v.Outcome, v.Reason)
+	}
+	mod := ldap.NewModifyRequest("uid=alice,"+slapdtest.PeopleDN, nil)
+	mod.Replace("host", []string{"other.example.org"})
+	if err := adminConn(t, s).Modify(mod); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		v := a.Authenticate(ctx, req)
+		if v.Outcome == auth.Reject && strings.HasPrefix(v.Reason, "host not allowed") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host revoked, by sync: %v %q", v.Outcome, v.Reason)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var explained strings.Builder
+	a.Explain(ctx, req, &explained)
+	if !strings.Contains(explained.String(), "local mirror") {
+		t.Errorf("the refusal did not come from the mirror:\n%s", explained.String())
+	}
+}

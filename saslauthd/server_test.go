@@ -644,11 +644,14 @@ func TestServerUnixReplySurvivesClose(t *testing.T) {
 		conns[i] = c
 	}
 	// Every connection decided and closed by the server before any client reads.
+	// (Logs first: once decisions are logged Serve has initialised srv.conns.)
 	waitFor(t, func() bool {
+		if strings.Count(logs.String(), `"msg":"saslauthd: decision"`) != n {
+			return false
+		}
 		srv.mu.Lock()
-		open := len(srv.conns)
-		srv.mu.Unlock()
-		return open == 0 && strings.Count(logs.String(), `"msg":"saslauthd: decision"`) == n
+		defer srv.mu.Unlock()
+		return len(srv.conns) == 0
 	})
 
 	var wg sync.WaitGroup

@@ -1,14 +1,11 @@
 package ldapauth_test
 
 import (
-	"context"
 	"log/slog"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/mailauthd/mailauthd/auth"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 	"github.com/mailauthd/mailauthd/ldapauth"
 )
@@ -30,24 +27,7 @@ func BenchmarkAuthenticateMirror(b *testing.B) {
 			b.Fatal("mirror never loaded")
 		}
 	}
-	ctx := context.Background()
-	reqs := make([]auth.Request, 100)
-	for i := range reqs {
-		reqs[i] = auth.Request{User: "user" + strconv.Itoa(i), Password: slapdtest.GeneratedUserPassword(i), Service: "imap"}
-	}
-	b.ReportAllocs()
-	defer reportCPU(b)()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			if v := a.Authenticate(ctx, reqs[i%len(reqs)]); v.Outcome != auth.Accept {
-				b.Errorf("%s: %v %q", reqs[i%len(reqs)].User, v.Outcome, v.Reason)
-				return
-			}
-			i++
-		}
-	})
+	benchLogins(b, a)
 }
 
 // reportCPU reports this process's CPU time (user+system, all goroutines;

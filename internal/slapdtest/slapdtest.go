@@ -205,6 +205,10 @@ include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
 include /etc/ldap/schema/misc.schema
 include {{.Testdata}}/ldapns.schema
+# Debian's packaged slapd logs nothing (olcLogLevel: none); the default,
+# stats, would try syslog for every operation: with no /dev/log here, a
+# failed socket connect each time, costing slapd CPU in every benchmark.
+loglevel none
 pidfile {{.Dir}}/slapd.pid
 argsfile {{.Dir}}/slapd.args
 modulepath /usr/lib/ldap

@@ -204,7 +204,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	if m == modeAuth && !a.baseHasTokens {
 		if me := a.mirrored(&tv); me != nil {
 			ex.step("user found in the local mirror: %s", me.DN)
-			_, err := a.do(ctx, a.bind, func(c *conn) error { return c.bc.bind(me.DN, req.Password) })
+			_, err := a.do(ctx, a.bind, func(c *conn) error { return c.wc.bind(me.DN, req.Password) })
 			switch {
 			case err == nil:
 				entry = me
@@ -244,13 +244,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 // password is wrong without a second bind. It returns the entry, or nil and
 // the verdict to give.
 func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision, base, filter, refusedDN string) (auth.Verdict, *ldap.Entry) {
-	sreq := ldap.NewSearchRequest(base, a.scope, ldap.NeverDerefAliases, 2, a.timeLimit(), false, filter, a.attrs, nil)
-	var res *ldap.SearchResult
-	srv, err := a.do(ctx, a.search, func(c *conn) error {
-		var err error
-		res, err = c.lc.Search(sreq)
-		return err
-	})
+	srv, res, err := a.searchLDAP(ctx, base, a.scope, 2, filter, a.attrs)
 	n := 0
 	if res != nil {
 		n = len(res.Entries)
@@ -290,7 +284,7 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 		return auth.Rejected("wrong password"), nil
 	}
 	if m == modeAuth {
-		bsrv, err := a.do(ctx, a.bind, func(c *conn) error { return c.bc.bind(entry.DN, req.Password) })
+		bsrv, err := a.do(ctx, a.bind, func(c *conn) error { return c.wc.bind(entry.DN, req.Password) })
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
 				d.detail = "invalid credentials"
@@ -367,13 +361,7 @@ func (a *Authenticator) checkFilter(ctx context.Context, i int, tmpl string, tv 
 		return auth.Rejected("access filter not matched: " + tmpl), false
 	}
 	f := string(fb)
-	sreq := ldap.NewSearchRequest(tv.dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1, a.timeLimit(), false, f, []string{"1.1"}, nil)
-	var res *ldap.SearchResult
-	_, err = a.do(ctx, a.search, func(c *conn) error {
-		var err error
-		res, err = c.lc.Search(sreq)
-		return err
-	})
+	_, res, err := a.searchLDAP(ctx, tv.dn, ldap.ScopeBaseObject, 1, f, noAttributes)
 	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
 		d.detail = "access filter search: " + err.Error()
 		ex.step("filter %d %s: search failed: %v", i+1, f, err)
@@ -388,9 +376,29 @@ func (a *Authenticator) checkFilter(ctx context.Context, i int, tmpl string, tv 
 	return auth.Verdict{}, true
 }
 
+// noAttributes asks for the DN only (RFC 4511 4.5.1.8).
+var noAttributes = []string{"1.1"}
+
+// searchLDAP runs one search on a search-role connection.
+func (a *Authenticator) searchLDAP(ctx context.Context, base string, scope int, sizeLimit int32, filter string, attrs []string) (*server, *ldap.SearchResult, error) {
+	f, err := ldap.CompileFilter(filter)
+	if err != nil { // the templates are checked at start; escaped values cannot break them
+		return nil, nil, err
+	}
+	r := searchRequest{base: base, scope: scope, sizeLimit: sizeLimit, timeLimit: a.timeLimit(),
+		filter: f.Bytes(), attrs: attrs}
+	var res *ldap.SearchResult
+	srv, err := a.do(ctx, a.search, func(c *conn) error {
+		var err error
+		res, err = c.wc.search(&r)
+		return err
+	})
+	return srv, res, err
+}
+
 // timeLimit is the server-side search time limit in whole seconds (>= 1).
-func (a *Authenticator) timeLimit() int {
-	s := int((a.cfg.Timeout + 999_999_999) / 1_000_000_000)
+func (a *Authenticator) timeLimit() int32 {
+	s := int32((a.cfg.Timeout + 999_999_999) / 1_000_000_000)
 	if s < 1 {
 		s = 1
 	}

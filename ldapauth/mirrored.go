@@ -3,6 +3,7 @@ package ldapauth
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -46,7 +47,7 @@ func (a *Authenticator) startMirror() error {
 // mirrorDial gives the mirror its own service-account connection (not one
 // from the pool: a refresh is long and would hold a slot).
 func (a *Authenticator) mirrorDial(ctx context.Context) (mirror.Searcher, func(), error) {
-	c, err := a.dial(ctx, roleSearch)
+	lc, nc, err := a.dialMirror(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -54,11 +55,54 @@ func (a *Authenticator) mirrorDial(ctx context.Context) (mirror.Searcher, func()
 	// mirror cancels ctx (it bounds each phase itself and probes the
 	// connection every second). A Refresh's ctx has one: keep to it.
 	if _, ok := ctx.Deadline(); ok {
-		c.nc.SetDeadline(opDeadline(ctx, a.cfg.MirrorRefresh))
+		nc.SetDeadline(opDeadline(ctx, a.cfg.MirrorRefresh))
 	}
 	// Close (or a reload) cancels ctx: end a refresh in flight at once.
-	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
-	return c.lc, func() { stop(); c.close() }, nil
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(longAgo) })
+	return lc, func() { stop(); lc.Close() }, nil
+}
+
+// dialMirror connects a go-ldap client bound as the service account, on the
+// first server that answers, in the order dial uses. The mirror's searches
+// (paged, or an RFC 4533 session) need go-ldap's asynchronous reader.
+func (a *Authenticator) dialMirror(ctx context.Context) (*ldap.Conn, net.Conn, error) {
+	var lc *ldap.Conn
+	var nc net.Conn
+	err := a.eachServer(ctx, "mirror", func(s *server) error {
+		var err error
+		lc, nc, err = a.dialGoLDAP(ctx, s)
+		return err
+	})
+	return lc, nc, err
+}
+
+func (a *Authenticator) dialGoLDAP(ctx context.Context, s *server) (*ldap.Conn, net.Conn, error) {
+	nc, err := a.connect(ctx, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	lc := ldap.NewConn(nc, s.ldaps)
+	lc.Start()
+	if s.tls != nil && !s.ldaps {
+		if err := lc.StartTLS(s.tls); err != nil {
+			lc.Close()
+			return nil, nil, fmt.Errorf("StartTLS: %w", err)
+		}
+	}
+	if a.cfg.BindDN != "" {
+		if err := lc.Bind(a.cfg.BindDN, a.cfg.BindPassword); err != nil {
+			lc.Close()
+			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
+				return nil, nil, fmt.Errorf("%w (%s)", errServiceBind, a.cfg.BindDN)
+			}
+			return nil, nil, err
+		}
+	}
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		lc.Close()
+		return nil, nil, err
+	}
+	return lc, nc, nil
 }
 
 // mirrored returns the user's entry from the mirror, or nil when the

@@ -44,42 +44,24 @@ func (r role) String() string {
 	return "bind"
 }
 
-// conn is one LDAP connection with the net.Conn under it, whose deadline
-// bounds every operation (go-ldap has no per-operation context). Search
-// connections are go-ldap's; bind connections are the synchronous
-// bindConn (bindconn.go), which only binds.
+// conn is one pooled LDAP connection (a synchronous wireConn, see
+// wireconn.go) with the net.Conn requests go over, whose deadline bounds
+// every operation.
 type conn struct {
-	lc     *ldap.Conn // roleSearch
-	bc     *bindConn  // roleBind
+	wc     *wireConn
 	nc     net.Conn
 	srv    *server
 	reused bool // came from the idle pool (may be stale)
 	broken bool // must not be reused
 }
 
-func (c *conn) close() {
-	if c.bc != nil {
-		c.bc.close()
-		return
-	}
-	c.lc.Close()
-}
+func (c *conn) close() { c.wc.close() }
 
 // closing reports that the connection is known to be unusable.
-func (c *conn) closing() bool {
-	if c.bc != nil {
-		return c.bc.dead
-	}
-	return c.lc.IsClosing()
-}
+func (c *conn) closing() bool { return c.wc.dead }
 
 // idleOK tells whether an idle connection may be handed out.
-func (c *conn) idleOK() bool {
-	if c.bc != nil {
-		return c.bc.idleOK()
-	}
-	return !c.lc.IsClosing()
-}
+func (c *conn) idleOK() bool { return c.wc.idleOK() }
 
 // pool lets at most MaxConns connections of one role be in use at once, and
 // keeps every healthy one idle for reuse. (Keeping only PoolSize idle made
@@ -179,6 +161,18 @@ func opDeadline(ctx context.Context, timeout time.Duration) time.Time {
 // first, in configured order, then the failed ones (better to try than to
 // give up while one may be back).
 func (a *Authenticator) dial(ctx context.Context, r role) (*conn, error) {
+	var c *conn
+	err := a.eachServer(ctx, r.String(), func(s *server) error {
+		var err error
+		c, err = a.dialServer(ctx, s, r)
+		return err
+	})
+	return c, err
+}
+
+// eachServer calls try with the servers in dial's order until one
+// succeeds, marking those that fail as down.
+func (a *Authenticator) eachServer(ctx context.Context, what string, try func(*server) error) error {
 	now := time.Now()
 	var lastErr error
 	for pass := 0; pass < 2; pass++ {
@@ -190,32 +184,64 @@ func (a *Authenticator) dial(ctx context.Context, r role) (*conn, error) {
 				if lastErr == nil {
 					lastErr = err
 				}
-				return nil, lastErr
+				return lastErr
 			}
-			c, err := a.dialServer(ctx, s, r)
+			err := try(s)
 			if err == nil {
-				return c, nil
+				return nil
 			}
 			s.markDown()
 			lastErr = fmt.Errorf("%s: %w", s.url, err)
-			a.log.Debug("ldap server failed", "url", s.url, "role", r.String(), "err", err)
+			a.log.Debug("ldap server failed", "url", s.url, "role", what, "err", err)
 		}
 	}
-	return nil, lastErr
+	return lastErr
 }
 
 // errServiceBind marks a refused service-account bind: a configuration
 // problem, not a connection problem.
 var errServiceBind = errors.New("service account bind refused")
 
+// dialServer connects to s, sets up TLS as configured and, for the search
+// role, binds as the service account (unless searches are anonymous).
 func (a *Authenticator) dialServer(ctx context.Context, s *server, r role) (*conn, error) {
+	nc, err := a.connect(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	wc := newWireConn(nc)
+	if s.tls != nil && !s.ldaps {
+		if err := wc.startTLS(ctx, s.tls); err != nil {
+			wc.close()
+			return nil, fmt.Errorf("StartTLS: %w", err)
+		}
+	}
+	if r == roleSearch && a.cfg.BindDN != "" {
+		if err := wc.bind(a.cfg.BindDN, a.cfg.BindPassword); err != nil {
+			wc.close()
+			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
+				return nil, fmt.Errorf("%w (%s)", errServiceBind, a.cfg.BindDN)
+			}
+			return nil, err
+		}
+	}
+	if err := wc.nc.SetDeadline(time.Time{}); err != nil {
+		wc.close()
+		return nil, err
+	}
+	return &conn{wc: wc, nc: wc.nc, srv: s}, nil
+}
+
+// connect dials s over TCP, with the TLS handshake for ldaps://. The
+// connection's deadline, set here, covers that, StartTLS and the service
+// bind; the caller clears it.
+func (a *Authenticator) connect(ctx context.Context, s *server) (net.Conn, error) {
 	deadline := opDeadline(ctx, a.cfg.Timeout)
 	d := net.Dialer{Deadline: deadline}
 	nc, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
 		return nil, err
 	}
-	// One deadline covers TLS handshake, StartTLS and the service bind.
 	nc.SetDeadline(deadline)
 	if s.ldaps {
 		tc := tls.Client(nc, s.tls)
@@ -225,43 +251,7 @@ func (a *Authenticator) dialServer(ctx context.Context, s *server, r role) (*con
 		}
 		nc = tc
 	}
-	if r == roleBind {
-		bc := newBindConn(nc)
-		if s.tls != nil && !s.ldaps {
-			if err := bc.startTLS(ctx, s.tls); err != nil {
-				bc.close()
-				return nil, fmt.Errorf("StartTLS: %w", err)
-			}
-		}
-		if err := bc.nc.SetDeadline(time.Time{}); err != nil {
-			bc.close()
-			return nil, err
-		}
-		return &conn{bc: bc, nc: bc.nc, srv: s}, nil
-	}
-	lc := ldap.NewConn(nc, s.ldaps)
-	lc.Start()
-	c := &conn{lc: lc, nc: nc, srv: s}
-	if s.tls != nil && !s.ldaps {
-		if err := lc.StartTLS(s.tls); err != nil {
-			lc.Close()
-			return nil, fmt.Errorf("StartTLS: %w", err)
-		}
-	}
-	if r == roleSearch && a.cfg.BindDN != "" {
-		if err := lc.Bind(a.cfg.BindDN, a.cfg.BindPassword); err != nil {
-			lc.Close()
-			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
-				return nil, fmt.Errorf("%w (%s)", errServiceBind, a.cfg.BindDN)
-			}
-			return nil, err
-		}
-	}
-	if err := nc.SetDeadline(time.Time{}); err != nil {
-		lc.Close()
-		return nil, err
-	}
-	return c, nil
+	return nc, nil
 }
 
 var longAgo = time.Unix(1, 0)
@@ -291,14 +281,11 @@ func (a *Authenticator) run(ctx context.Context, c *conn, f func(*conn) error) (
 
 // isConnErr tells connection failures (retry elsewhere) from LDAP results
 // the server sent (final answers).
-func isConnErr(err error, c *conn) bool {
-	if c.bc != nil {
-		// bindConn reports every connection failure as ErrorNetwork. It may
-		// also retire itself after a valid answer (data followed it); that
-		// answer stands.
-		return ldap.IsErrorWithCode(err, ldap.ErrorNetwork)
-	}
-	return ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || c.closing()
+func isConnErr(err error) bool {
+	// wireConn reports every connection failure as ErrorNetwork. It may
+	// also retire itself after a valid answer (data followed it); that
+	// answer stands.
+	return ldap.IsErrorWithCode(err, ldap.ErrorNetwork)
 }
 
 // do runs f on a connection of pool p. A stale pooled connection (the
@@ -311,7 +298,7 @@ func (a *Authenticator) do(ctx context.Context, p *pool, f func(*conn) error) (s
 			return nil, err
 		}
 		timedOut, err := a.run(ctx, c, f)
-		if err == nil || !isConnErr(err, c) {
+		if err == nil || !isConnErr(err) {
 			p.put(c)
 			return c.srv, err
 		}

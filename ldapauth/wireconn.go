@@ -1,11 +1,13 @@
 package ldapauth
 
-// A small synchronous LDAPv3 client for the bind role: it speaks only a
-// simple BindRequest (RFC 4511 4.2) and StartTLS (4.14), one request and
-// one response at a time on the caller's goroutine. go-ldap's connection
-// runs every operation across three goroutines and builds a BER tree per
-// packet; for the one operation a login needs on this connection that was
-// most of the client-side cost (docs/benchmarks.md).
+// A small synchronous LDAPv3 client for the connections a login uses: a
+// simple BindRequest (RFC 4511 4.2), StartTLS (4.14) and a SearchRequest
+// (4.5, wiresearch.go), one request and its responses at a time on the
+// caller's goroutine. go-ldap's connection runs every operation across
+// three goroutines and builds a BER tree per packet; for the two
+// operations a login needs that was most of the client-side cost
+// (docs/benchmarks.md). go-ldap still serves the mirror's long-running
+// searches (paged and RFC 4533), which are not per login.
 //
 // Everything that is not exactly the expected response fails closed: a
 // malformed, truncated, oversized or unexpected message, an unsolicited
@@ -32,6 +34,10 @@ const (
 	// ExtendedResponse from a real server is tens of bytes; a long
 	// diagnostic message or a referral list still fits easily.
 	maxBindMessage = 64 << 10
+	// minReadBuf is the size of the first read buffer; keepReadBuf the
+	// largest kept between operations (a rare big entry is not kept).
+	minReadBuf  = 512
+	keepReadBuf = 4096
 
 	oidStartTLS = "1.3.6.1.4.1.1466.20037"
 
@@ -54,27 +60,30 @@ const (
 	tagResponseValue    = 0x8b // [11] primitive, in ExtendedResponse
 )
 
-// bindConn is one bind-role connection. It is used by one goroutine at a
+// wireConn is one pooled connection. It is used by one goroutine at a
 // time (the pool hands it out); the caller sets the deadline on nc.
-type bindConn struct {
+type wireConn struct {
 	nc   net.Conn  // the connection requests go over (TLS after ldaps:// or StartTLS)
 	raw  net.Conn  // the TCP connection under any TLS, for the idle check
 	rd   io.Reader // where responses are read from: nc
 	id   int32     // last messageID sent
 	dead bool      // a failure left it unusable: close, never reuse
-	buf  []byte    // request and response buffer, reused
+	out  []byte    // the request being sent, cleared once written (a bind's holds a password)
+	in   []byte    // bytes received; in[next:] are not consumed yet
+	next int
+	peek func() bool // idleOK's socket check, made on first use
 }
 
-func newBindConn(nc net.Conn) *bindConn {
-	return &bindConn{nc: nc, raw: nc, rd: nc, buf: make([]byte, 0, 512)}
+func newWireConn(nc net.Conn) *wireConn {
+	return &wireConn{nc: nc, raw: nc, rd: nc}
 }
 
-func (b *bindConn) close() {
+func (b *wireConn) close() {
 	b.dead = true
 	b.nc.Close()
 }
 
-func (b *bindConn) nextID() int32 {
+func (b *wireConn) nextID() int32 {
 	b.id++
 	if b.id <= 0 { // wrapped: messageID is 1..2^31-1 (0 is for notifications)
 		b.id = 1
@@ -87,21 +96,21 @@ func connErr(format string, args ...any) error {
 	return ldap.NewError(ldap.ErrorNetwork, fmt.Errorf(format, args...))
 }
 
-var errBindConnDead = connErr("ldap: bind connection already failed")
+var errWireConnDead = connErr("ldap: bind connection already failed")
 
 // bind performs a simple bind as dn with password pw. nil means the server
 // answered success (resultCode 0) to exactly this request.
-func (b *bindConn) bind(dn, pw string) error {
+func (b *wireConn) bind(dn, pw string) error {
 	if b.dead {
-		return errBindConnDead
+		return errWireConnDead
 	}
 	if pw == "" { // RFC 4513 unauthenticated bind: never (the callers check too)
 		return ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
 	}
 	id := b.nextID()
-	b.buf = appendBindRequest(b.buf[:0], id, dn, pw)
-	_, err := b.nc.Write(b.buf)
-	clear(b.buf) // the password
+	b.out = appendBindRequest(b.out[:0], id, dn, pw)
+	_, err := b.nc.Write(b.out)
+	clear(b.out) // the password
 	if err != nil {
 		b.dead = true
 		return connErr("ldap: sending bind request: %w", err)
@@ -117,13 +126,13 @@ func (b *bindConn) bind(dn, pw string) error {
 // startTLS upgrades the connection with the StartTLS extended operation
 // and a TLS handshake with cfg (server name, roots and verification as
 // configured). The caller's deadline on nc bounds both.
-func (b *bindConn) startTLS(ctx context.Context, cfg *tls.Config) error {
+func (b *wireConn) startTLS(ctx context.Context, cfg *tls.Config) error {
 	if b.dead {
-		return errBindConnDead
+		return errWireConnDead
 	}
 	id := b.nextID()
-	b.buf = appendStartTLSRequest(b.buf[:0], id)
-	if _, err := b.nc.Write(b.buf); err != nil {
+	b.out = appendStartTLSRequest(b.out[:0], id)
+	if _, err := b.nc.Write(b.out); err != nil {
 		b.dead = true
 		return connErr("ldap: sending StartTLS request: %w", err)
 	}
@@ -174,72 +183,78 @@ func (r *ldapResult) err() error {
 // (tagBindResponse or tagExtendedResponse) to request id. A nil error means
 // a well-formed response to that request; its resultCode may be anything
 // in 0..199. Any other outcome is a connection error.
-func (b *bindConn) readResponse(id int32, op byte) (ldapResult, error) {
-	body, extra, err := b.readMessage()
+func (b *wireConn) readResponse(id int32, op byte) (ldapResult, error) {
+	body, err := b.readMessage(maxBindMessage)
 	if err != nil {
 		return ldapResult{}, err
 	}
 	res, err := parseResponse(body, id, op)
-	res.extra = extra
-	if extra && err == nil && op == tagBindResponse {
-		// Probably an unsolicited notification right behind the answer:
-		// the answer stands, the connection is not reused.
-		b.dead = true
-	}
+	res.extra = b.endOp()
 	return res, err
 }
 
-// readMessage reads exactly one LDAPMessage (a SEQUENCE with a definite
-// length of at most maxBindMessage) and returns its contents. extra reports
-// that the read returned bytes beyond it, which are dropped.
-func (b *bindConn) readMessage() (body []byte, extra bool, err error) {
-	buf := b.buf[:cap(b.buf)]
-	if len(buf) < 16 {
-		buf = make([]byte, 512)
+// endOp ends an operation. Bytes received beyond its last response were
+// not asked for (probably an unsolicited notification right behind the
+// answer): the answer stands, the connection is not reused. A buffer grown
+// for a big message is dropped.
+func (b *wireConn) endOp() (extra bool) {
+	if b.next < len(b.in) {
+		extra = true
+		b.dead = true
 	}
-	n, err := io.ReadAtLeast(b.rd, buf, 2)
-	if err != nil {
-		return nil, false, connErr("ldap: reading response: %w", err)
+	b.in, b.next = b.in[:0], 0
+	if cap(b.in) > keepReadBuf {
+		b.in = nil
 	}
-	var hdr, size int
-	for {
-		hdr, size, err = messageHeader(buf[:n])
+	return extra
+}
+
+// readMessage returns the contents of the next LDAPMessage (a SEQUENCE
+// with a definite length of at most limit), reading as needed. Several
+// responses to a search may arrive in one read: the bytes after a message
+// stay buffered for the next call. The returned slice is valid until then.
+func (b *wireConn) readMessage(limit int) ([]byte, error) {
+	for empty := 0; ; {
+		avail := b.in[b.next:]
+		hdr, size, err := messageHeader(avail, limit)
+		if err == nil && len(avail) >= hdr+size {
+			b.next += hdr + size
+			return avail[hdr : hdr+size], nil
+		}
+		if err != nil && err != errShortHeader {
+			return nil, err
+		}
+		// Move the partial message to the front; grow when it cannot fit.
+		need := minReadBuf
 		if err == nil {
-			break
+			need = max(need, hdr+size)
 		}
-		if err != errShortHeader {
-			return nil, false, err
+		if cap(b.in) < need {
+			nb := make([]byte, len(avail), need)
+			copy(nb, avail)
+			b.in = nb
+		} else {
+			b.in = b.in[:copy(b.in[:cap(b.in)], avail)]
 		}
-		m, rerr := io.ReadAtLeast(b.rd, buf[n:], 1)
-		n += m
+		b.next = 0
+		n, rerr := b.rd.Read(b.in[len(b.in):cap(b.in)])
+		b.in = b.in[:len(b.in)+n]
 		if rerr != nil {
-			return nil, false, connErr("ldap: reading response: %w", rerr)
+			return nil, connErr("ldap: reading response: %w", rerr)
+		}
+		if n == 0 {
+			if empty++; empty > 100 {
+				return nil, connErr("ldap: reading response: %w", io.ErrNoProgress)
+			}
 		}
 	}
-	total := hdr + size
-	if total > len(buf) {
-		nb := make([]byte, total)
-		copy(nb, buf[:n])
-		buf = nb
-	}
-	if n < total {
-		m, rerr := io.ReadFull(b.rd, buf[n:total])
-		n += m
-		if rerr != nil {
-			return nil, false, connErr("ldap: reading response: %w", rerr)
-		}
-	}
-	if cap(buf) <= 4096 { // keep small buffers, drop a rare big one
-		b.buf = buf[:0]
-	}
-	return buf[hdr:total], n > total, nil
 }
 
 var errShortHeader = errors.New("short header")
 
 // messageHeader parses the tag and length of an LDAPMessage at the start of
-// p: the length of the header and of the contents.
-func messageHeader(p []byte) (hdr, size int, err error) {
+// p: the length of the header and of the contents, at most limit.
+func messageHeader(p []byte, limit int) (hdr, size int, err error) {
 	if len(p) < 2 {
 		return 0, 0, errShortHeader
 	}
@@ -263,8 +278,8 @@ func messageHeader(p []byte) (hdr, size int, err error) {
 	for _, c := range p[2 : 2+k] {
 		size = size<<8 | int(c)
 	}
-	if size > maxBindMessage {
-		return 0, 0, connErr("ldap: response of %d bytes exceeds %d", size, maxBindMessage)
+	if size > limit {
+		return 0, 0, connErr("ldap: response of %d bytes exceeds %d", size, limit)
 	}
 	return 2 + k, size, nil
 }
@@ -322,43 +337,53 @@ func nonNegInt(v []byte) (n int, ok bool) {
 // It accepts only that shape, for request id and operation op; elements
 // the grammar does not have are refused rather than skipped.
 func parseResponse(body []byte, id int32, op byte) (ldapResult, error) {
-	var res ldapResult
+	tag, opv, err := parseMessage(body, id)
+	if err != nil {
+		return ldapResult{}, err
+	}
+	if tag != op {
+		return ldapResult{}, connErr("ldap: unexpected response (tag 0x%02x) to message %d", tag, id)
+	}
+	return parseResult(opv, op)
+}
+
+// parseMessage checks that an LDAPMessage answers request id, with
+// well-formed controls (none acted on), and returns its protocolOp's tag
+// and contents.
+func parseMessage(body []byte, id int32) (tag byte, op []byte, err error) {
 	tag, v, rest, err := nextTLV(body)
 	if err != nil || tag != tagInteger {
-		return res, errMalformed
+		return 0, nil, errMalformed
 	}
 	gotID, ok := nonNegInt(v)
 	if !ok {
-		return res, errMalformed
+		return 0, nil, errMalformed
 	}
-	tag, opv, rest, err := nextTLV(rest)
+	tag, op, rest, err = nextTLV(rest)
 	if err != nil {
-		return res, errMalformed
+		return 0, nil, errMalformed
 	}
 	if gotID == 0 {
 		// An unsolicited notification, such as the notice of disconnection
 		// (RFC 4511 4.4.1): the server is dropping this connection.
 		msg := "unsolicited notification"
 		if tag == tagExtendedResponse {
-			if r, err := parseResult(opv, tagExtendedResponse); err == nil {
+			if r, err := parseResult(op, tagExtendedResponse); err == nil {
 				msg = fmt.Sprintf("%s %s: result %d %q", msg, r.name, r.code, r.diag)
 			}
 		}
-		return res, connErr("ldap: %s", msg)
+		return 0, nil, connErr("ldap: %s", msg)
 	}
 	if gotID != int(id) {
-		return res, connErr("ldap: response to message %d, expected %d", gotID, id)
-	}
-	if tag != op {
-		return res, connErr("ldap: unexpected response (tag 0x%02x) to message %d", tag, id)
+		return 0, nil, connErr("ldap: response to message %d, expected %d", gotID, id)
 	}
 	if len(rest) > 0 {
-		tag, v, rest, err = nextTLV(rest)
-		if err != nil || tag != tagControls || len(rest) > 0 || !validControls(v) {
-			return res, errMalformed
+		ctag, v, rest, err := nextTLV(rest)
+		if err != nil || ctag != tagControls || len(rest) > 0 || !validControls(v) {
+			return 0, nil, errMalformed
 		}
 	}
-	return parseResult(opv, op)
+	return tag, op, nil
 }
 
 func parseResult(p []byte, op byte) (ldapResult, error) {
@@ -388,10 +413,13 @@ func parseResult(p []byte, op byte) (ldapResult, error) {
 	res.diag = string(v)
 	// The optional trailing elements, each at most once and in order.
 	var order []byte
-	if op == tagBindResponse {
+	switch op {
+	case tagBindResponse:
 		order = []byte{tagReferral, tagSASLCreds}
-	} else {
+	case tagExtendedResponse:
 		order = []byte{tagReferral, tagResponseName, tagResponseValue}
+	default: // SearchResultDone: just an LDAPResult
+		order = []byte{tagReferral}
 	}
 	for len(p) > 0 {
 		tag, v, p, err = nextTLV(p)

@@ -10,24 +10,31 @@ import (
 // on restart), a notice of disconnection or any other byte means it is
 // stale. One non-blocking peek at the socket; go-ldap's reader goroutine
 // noticed the same while the connection idled.
-func (b *bindConn) idleOK() bool {
+func (b *wireConn) idleOK() bool {
 	if b.dead {
 		return false
 	}
-	sc, ok := b.raw.(syscall.Conn)
-	if !ok {
-		return true
+	if b.peek == nil {
+		sc, ok := b.raw.(syscall.Conn)
+		if !ok {
+			return true
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return false
+		}
+		// Made once per connection: this runs before every operation.
+		var alive bool
+		var p [1]byte
+		check := func(fd uintptr) bool {
+			_, _, rerr := syscall.Recvfrom(int(fd), p[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			alive = errors.Is(rerr, syscall.EAGAIN)
+			return true // never wait
+		}
+		b.peek = func() bool {
+			alive = false
+			return rc.Read(check) == nil && alive
+		}
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	alive := false
-	var p [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		_, _, rerr := syscall.Recvfrom(int(fd), p[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		alive = errors.Is(rerr, syscall.EAGAIN)
-		return true // never wait
-	})
-	return err == nil && alive
+	return b.peek()
 }

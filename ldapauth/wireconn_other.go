@@ -4,4 +4,4 @@ package ldapauth
 
 // idleOK: without a portable non-blocking peek, a stale idle connection is
 // found on use, and the pool retries once on a fresh one.
-func (b *bindConn) idleOK() bool { return !b.dead }
+func (b *wireConn) idleOK() bool { return !b.dead }

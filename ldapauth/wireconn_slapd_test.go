@@ -29,22 +29,23 @@ func bindTestAuth(t *testing.T, url string, edit func(*Config)) *Authenticator {
 	return a
 }
 
-// idleBindConn returns the bind pool's one idle connection, leaving it there.
-func idleBindConn(t *testing.T, a *Authenticator) *conn {
+// idleConn returns pool p's one idle connection, leaving it there.
+func idleConn(t *testing.T, p *pool) *conn {
 	t.Helper()
-	if n := len(a.bind.idle); n != 1 {
-		t.Fatalf("%d idle bind connections, want 1", n)
+	if n := len(p.idle); n != 1 {
+		t.Fatalf("%d idle %s connections, want 1", n, p.role)
 	}
-	c := <-a.bind.idle
-	a.bind.idle <- c
+	c := <-p.idle
+	p.idle <- c
 	return c
 }
 
-// TestBindConnReusedAcrossLogins: one bind connection serves many logins,
-// right and wrong passwords interleaved; a refused bind leaves it usable,
-// and the next right password on it is accepted. Plain, ldaps:// and
-// StartTLS alike.
-func TestBindConnReusedAcrossLogins(t *testing.T) {
+// TestWireConnsReusedAcrossLogins: one search and one bind connection
+// serve many logins, right and wrong passwords interleaved; a refused bind
+// leaves the connection usable, and the next right password on it is
+// accepted. Plain, ldaps:// and StartTLS alike, searching anonymously or as
+// a service account.
+func TestWireConnsReusedAcrossLogins(t *testing.T) {
 	s := slapdtest.Start(t, slapdtest.WithLDAPS())
 	for _, tc := range []struct {
 		name string
@@ -54,6 +55,11 @@ func TestBindConnReusedAcrossLogins(t *testing.T) {
 		{"plain", s.URL(), nil},
 		{"ldaps", s.LDAPSURL(), func(c *Config) { c.CAFile = s.CAFile() }},
 		{"starttls", s.URL(), func(c *Config) { c.CAFile, c.StartTLS = s.CAFile(), true }},
+		{"service account", s.URL(), func(c *Config) { c.BindDN, c.BindPassword = slapdtest.AdminDN, slapdtest.AdminPassword }},
+		{"service account, starttls", s.URL(), func(c *Config) {
+			c.BindDN, c.BindPassword = slapdtest.AdminDN, slapdtest.AdminPassword
+			c.CAFile, c.StartTLS = s.CAFile(), true
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := bindTestAuth(t, tc.url, tc.edit)
@@ -63,8 +69,8 @@ func TestBindConnReusedAcrossLogins(t *testing.T) {
 			if v := a.Authenticate(ctx, right); v.Outcome != auth.Accept {
 				t.Fatalf("first login: %v %q", v.Outcome, v.Reason)
 			}
-			first := idleBindConn(t, a)
-			startID := first.bc.id
+			first, search := idleConn(t, a.bind), idleConn(t, a.search)
+			startID, searchID := first.wc.id, search.wc.id
 			const n = 40
 			for i := range n {
 				req, want := right, auth.Accept
@@ -74,34 +80,44 @@ func TestBindConnReusedAcrossLogins(t *testing.T) {
 				if v := a.Authenticate(ctx, req); v.Outcome != want {
 					t.Fatalf("login %d: %v %q, want %v", i, v.Outcome, v.Reason, want)
 				}
-				if c := idleBindConn(t, a); c != first {
+				if c := idleConn(t, a.bind); c != first {
 					t.Fatalf("login %d: the bind connection was replaced", i)
 				}
+				if c := idleConn(t, a.search); c != search {
+					t.Fatalf("login %d: the search connection was replaced", i)
+				}
 			}
-			if got := first.bc.id - startID; got != n {
+			if got := first.wc.id - startID; got != n {
 				t.Errorf("%d binds on the pooled connection, want %d", got, n)
+			}
+			if got := search.wc.id - searchID; got != n {
+				t.Errorf("%d searches on the pooled connection, want %d", got, n)
 			}
 		})
 	}
 }
 
-// TestStaleBindConnsAfterRestart: after slapd restarts, every idle bind
-// connection is stale; a login must not run into one after another (go-ldap
-// noticed the close in its reader goroutine; bindConn peeks at the socket).
-func TestStaleBindConnsAfterRestart(t *testing.T) {
+// TestStaleConnsAfterRestart: after slapd restarts, every idle search and
+// bind connection is stale; a login must not run into one after another (go-ldap
+// noticed the close in its reader goroutine; wireConn peeks at the socket).
+func TestStaleConnsAfterRestart(t *testing.T) {
 	s := slapdtest.Start(t)
 	a := bindTestAuth(t, s.URL(), func(c *Config) { c.PoolSize, c.MaxConns = 4, 4 })
 	ctx := context.Background()
 	var held []*conn
-	for range 4 {
-		c, err := a.bind.get(ctx)
-		if err != nil {
-			t.Fatal(err)
+	for _, p := range []*pool{a.bind, a.search} {
+		var mine []*conn
+		for range 4 {
+			c, err := p.get(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mine = append(mine, c)
 		}
-		held = append(held, c)
-	}
-	for _, c := range held {
-		a.bind.put(c)
+		for _, c := range mine {
+			p.put(c)
+		}
+		held = append(held, mine...)
 	}
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)
@@ -114,7 +130,7 @@ func TestStaleBindConnsAfterRestart(t *testing.T) {
 		t.Fatalf("after restart, wrong password: %v %q", v.Outcome, v.Reason)
 	}
 	for _, c := range held {
-		if !c.bc.dead {
+		if !c.wc.dead {
 			t.Error("a stale connection was not closed")
 		}
 	}

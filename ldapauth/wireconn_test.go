@@ -89,8 +89,8 @@ func nonMinimal(m []byte) []byte {
 	return append([]byte{tagSequence, 0x84, 0, 0, 0, m[1]}, m[2:]...)
 }
 
-func readBind(data []byte, id int32) (*bindConn, error) {
-	b := &bindConn{rd: bytes.NewReader(data)}
+func readBind(data []byte, id int32) (*wireConn, error) {
+	b := &wireConn{rd: bytes.NewReader(data)}
 	res, err := b.readResponse(id, tagBindResponse)
 	if err != nil {
 		return b, err
@@ -204,7 +204,7 @@ func TestStartTLSResponse(t *testing.T) {
 		{"protocol error", msg("020101", hexTLV(tagExtendedResponse, "0a0102"+"0400"+"0400")), false},
 	}
 	for _, tt := range tests {
-		b := &bindConn{rd: bytes.NewReader(tt.data)}
+		b := &wireConn{rd: bytes.NewReader(tt.data)}
 		res, err := b.readResponse(1, tagExtendedResponse)
 		if err == nil {
 			err = res.err()
@@ -216,7 +216,7 @@ func TestStartTLSResponse(t *testing.T) {
 }
 
 // fakeServer answers one request on a pipe with reply (nil: no answer).
-func fakeServer(t *testing.T, reply []byte) *bindConn {
+func fakeServer(t *testing.T, reply []byte) *wireConn {
 	t.Helper()
 	client, server := net.Pipe()
 	t.Cleanup(func() { client.Close(); server.Close() })
@@ -229,7 +229,7 @@ func fakeServer(t *testing.T, reply []byte) *bindConn {
 			server.Write(reply)
 		}
 	}()
-	b := newBindConn(client)
+	b := newWireConn(client)
 	b.id = 6 // the next request is message 7
 	return b
 }
@@ -272,13 +272,13 @@ func TestBindClearsPasswordFromBuffer(t *testing.T) {
 	if err := b.bind("cn=a", "sekrit-password"); err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(b.buf[:cap(b.buf)], []byte("sekrit-password")) {
+	if bytes.Contains(b.out[:cap(b.out)], []byte("sekrit-password")) || bytes.Contains(b.in[:cap(b.in)], []byte("sekrit-password")) {
 		t.Error("password left in the connection's buffer")
 	}
 }
 
 func TestMessageIDWraps(t *testing.T) {
-	b := &bindConn{id: 1<<31 - 1}
+	b := &wireConn{id: 1<<31 - 1}
 	if id := b.nextID(); id != 1 {
 		t.Errorf("after 2^31-1: %d", id)
 	}
@@ -298,7 +298,7 @@ func FuzzReadBindResponse(f *testing.F) {
 		if id <= 0 {
 			id = 1
 		}
-		b := &bindConn{rd: bytes.NewReader(data)}
+		b := &wireConn{rd: bytes.NewReader(data)}
 		res, err := b.readResponse(id, tagBindResponse)
 		if err != nil {
 			if !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {

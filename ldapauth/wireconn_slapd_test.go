@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-ldap/ldap/v3"
 	"github.com/mailauthd/mailauthd/auth"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
@@ -92,6 +93,16 @@ func TestWireConnsReusedAcrossLogins(t *testing.T) {
 			}
 			if got := search.wc.id - searchID; got != n {
 				t.Errorf("%d searches on the pooled connection, want %d", got, n)
+			}
+			// Answers that are not success leave the connection in use too.
+			if v := a.Authenticate(ctx, auth.Request{User: "twin", Password: "twinpw"}); v.Reason != reasonAmbiguous {
+				t.Errorf("twin: %v %q", v.Outcome, v.Reason)
+			}
+			if _, _, err := a.searchLDAP(ctx, "ou=nowhere,"+slapdtest.Suffix, ldap.ScopeWholeSubtree, 2, "(uid=alice)", noAttributes); !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+				t.Errorf("search under a missing base: %v", err)
+			}
+			if c := idleConn(t, a.search); c != search || search.wc.dead {
+				t.Error("the search connection was replaced after an ambiguous login or noSuchObject")
 			}
 		})
 	}

@@ -53,11 +53,11 @@ func (b *wireConn) search(r *searchRequest) (*ldap.SearchResult, error) {
 		return nil, connErr("ldap: sending search request: %w", err)
 	}
 	res, err := b.readSearch(id, r.sizeLimit)
-	if err != nil {
+	if err != nil && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
 		b.dead = true
 		return nil, err
 	}
-	return res, nil
+	return res, err // an answer, whatever its result code: the connection stays usable
 }
 
 // readSearch reads the responses to search id. A nil error means a

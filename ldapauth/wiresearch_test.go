@@ -220,6 +220,19 @@ func TestSearchOverConnection(t *testing.T) {
 		t.Fatalf("search: %v %+v dead %v", err, entriesOf(res), b.dead)
 	}
 
+	// Result codes are answers: the entries come back and the connection stays usable.
+	b = fakeServer(t, cat(entryMsg("uid=a,dc=org"), entryMsg("uid=b,dc=org"), doneMsg("04")))
+	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
+	res, err = b.search(r)
+	if !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) || res == nil || len(res.Entries) != 2 || b.dead {
+		t.Errorf("size limit exceeded: %v %+v dead %v", err, entriesOf(res), b.dead)
+	}
+	b = fakeServer(t, doneMsg("20"))
+	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := b.search(r); !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) || b.dead {
+		t.Errorf("no such object: %v dead %v", err, b.dead)
+	}
+
 	b = fakeServer(t, nil)
 	b.nc.SetDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := b.search(r); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.dead || !strings.Contains(err.Error(), "i/o timeout") {

@@ -109,11 +109,8 @@ func (b *wireConn) bind(dn, pw string) error {
 	}
 	id := b.nextID()
 	b.out = appendBindRequest(b.out[:0], id, dn, pw)
-	_, err := b.nc.Write(b.out)
-	clear(b.out) // the password
-	if err != nil {
-		b.dead = true
-		return connErr("ldap: sending bind request: %w", err)
+	if err := b.send("bind"); err != nil {
+		return err
 	}
 	res, err := b.readResponse(id, tagBindResponse)
 	if err != nil {
@@ -121,6 +118,18 @@ func (b *wireConn) bind(dn, pw string) error {
 		return err
 	}
 	return res.err()
+}
+
+// send writes the request built in b.out in one write, then clears b.out
+// (a bind's holds the password).
+func (b *wireConn) send(what string) error {
+	_, err := b.nc.Write(b.out)
+	clear(b.out)
+	if err != nil {
+		b.dead = true
+		return connErr("ldap: sending %s request: %w", what, err)
+	}
+	return nil
 }
 
 // startTLS upgrades the connection with the StartTLS extended operation
@@ -132,9 +141,8 @@ func (b *wireConn) startTLS(ctx context.Context, cfg *tls.Config) error {
 	}
 	id := b.nextID()
 	b.out = appendStartTLSRequest(b.out[:0], id)
-	if _, err := b.nc.Write(b.out); err != nil {
-		b.dead = true
-		return connErr("ldap: sending StartTLS request: %w", err)
+	if err := b.send("StartTLS"); err != nil {
+		return err
 	}
 	res, err := b.readResponse(id, tagExtendedResponse)
 	if err != nil {
@@ -476,14 +484,21 @@ func validControls(p []byte) bool {
 
 // allTagged reports that p is a sequence of well-formed elements, each with tag.
 func allTagged(p []byte, tag byte) bool {
-	for len(p) > 0 {
+	_, ok := countTLVs(p, tag)
+	return ok
+}
+
+// countTLVs counts the elements of p, which must all be well-formed and,
+// unless tag is 0, carry tag.
+func countTLVs(p []byte, tag byte) (n int, ok bool) {
+	for ; len(p) > 0; n++ {
 		t, _, rest, err := nextTLV(p)
-		if err != nil || t != tag {
-			return false
+		if err != nil || (tag != 0 && t != tag) {
+			return 0, false
 		}
 		p = rest
 	}
-	return true
+	return n, true
 }
 
 // Encoding. Lengths are definite and minimal; the message is built into

@@ -48,9 +48,8 @@ func (b *wireConn) search(r *searchRequest) (*ldap.SearchResult, error) {
 	}
 	id := b.nextID()
 	b.out = appendSearchRequest(b.out[:0], id, r)
-	if _, err := b.nc.Write(b.out); err != nil {
-		b.dead = true
-		return nil, connErr("ldap: sending search request: %w", err)
+	if err := b.send("search"); err != nil {
+		return nil, err
 	}
 	res, err := b.readSearch(id, r.sizeLimit)
 	if err != nil && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
@@ -132,11 +131,9 @@ func parseEntry(p []byte) (*ldap.Entry, error) {
 	if err != nil || tag != tagSequence || len(rest) > 0 {
 		return nil, errMalformed
 	}
-	n := 0
-	for q := list; len(q) > 0; n++ {
-		if _, _, q, err = nextTLV(q); err != nil {
-			return nil, errMalformed
-		}
+	n, ok := countTLVs(list, 0)
+	if !ok {
+		return nil, errMalformed
 	}
 	e := &ldap.Entry{DN: sub(dn), Attributes: make([]*ldap.EntryAttribute, 0, n)}
 	attrs := make([]ldap.EntryAttribute, n)
@@ -154,11 +151,9 @@ func parseEntry(p []byte) (*ldap.Entry, error) {
 		if err != nil || tag != tagSet || len(pa) > 0 {
 			return nil, errMalformed
 		}
-		k := 0
-		for q := vals; len(q) > 0; k++ {
-			if tag, _, q, err = nextTLV(q); err != nil || tag != tagOctets {
-				return nil, errMalformed
-			}
+		k, ok := countTLVs(vals, tagOctets)
+		if !ok {
+			return nil, errMalformed
 		}
 		values := make([]string, 0, k)
 		for len(vals) > 0 {

@@ -76,6 +76,8 @@ func (a *Authenticator) dialMirror(ctx context.Context) (*ldap.Conn, net.Conn, e
 	return lc, nc, err
 }
 
+// dialGoLDAP connects to s like dialServer does for the search role, but
+// with a go-ldap client.
 func (a *Authenticator) dialGoLDAP(ctx context.Context, s *server) (*ldap.Conn, net.Conn, error) {
 	nc, err := a.connect(ctx, s)
 	if err != nil {

@@ -2,6 +2,7 @@ package ldapauth
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -144,5 +145,60 @@ func TestStaleConnsAfterRestart(t *testing.T) {
 		if !c.wc.dead {
 			t.Error("a stale connection was not closed")
 		}
+	}
+}
+
+// TestBigEntryOverWire: an entry far larger than the read buffer (2,000
+// host values, ~50 KB) comes through whole from a real slapd, over plain
+// TCP and over TLS (several TLS records): the host rule sees the one value
+// that allows this host, which is the last one.
+func TestBigEntryOverWire(t *testing.T) {
+	s := slapdtest.Start(t, slapdtest.WithLDAPS())
+	lc, err := ldap.DialURL(s.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close()
+	if err := lc.Bind(slapdtest.AdminDN, slapdtest.AdminPassword); err != nil {
+		t.Fatal(err)
+	}
+	hosts := make([]string, 0, 2001)
+	for i := range 2000 {
+		hosts = append(hosts, "denied-host-"+strconv.Itoa(i)+".example.org")
+	}
+	hosts = append(hosts, "mail.example.org")
+	add := ldap.NewAddRequest("uid=wide,"+slapdtest.PeopleDN, nil)
+	add.Attribute("objectClass", []string{"inetOrgPerson", "hostObject"})
+	add.Attribute("uid", []string{"wide"})
+	add.Attribute("cn", []string{"Wide"})
+	add.Attribute("sn", []string{"Wide"})
+	add.Attribute("userPassword", []string{"widepw"})
+	add.Attribute("host", hosts)
+	if err := lc.Add(add); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		url  string
+		edit func(*Config)
+	}{
+		{"plain", s.URL(), nil},
+		{"ldaps", s.LDAPSURL(), func(c *Config) { c.CAFile = s.CAFile() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := bindTestAuth(t, tc.url, tc.edit)
+			for range 3 { // the same connection each time
+				v := a.Authenticate(context.Background(), auth.Request{User: "wide", Password: "widepw"})
+				if v.Outcome != auth.Accept {
+					t.Fatalf("%v %q", v.Outcome, v.Reason)
+				}
+				if got := len(v.Attributes["host"]); got != len(hosts) {
+					t.Fatalf("%d host values, want %d", got, len(hosts))
+				}
+			}
+			if c := idleConn(t, a.search); c.wc.dead || cap(c.wc.in) > keepReadBuf {
+				t.Errorf("after a big entry: dead %v, read buffer %d bytes kept", c.wc.dead, cap(c.wc.in))
+			}
+		})
 	}
 }

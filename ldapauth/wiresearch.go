@@ -110,8 +110,9 @@ func (b *wireConn) readSearch(id, sizeLimit int32) (*ldap.SearchResult, error) {
 //	SearchResultEntry ::= [APPLICATION 4] SEQUENCE { objectName LDAPDN, attributes PartialAttributeList }
 //	PartialAttributeList ::= SEQUENCE OF SEQUENCE { type AttributeDescription, vals SET OF AttributeValue }
 //
-// The DN and every value are substrings of one copy of the message, so an
-// entry costs a few allocations however many values it has. Only Values
+// The DN and every value are substrings of one copy of the message: an
+// entry costs four allocations plus one per attribute, however many values
+// it has. Only Values
 // are filled (the access rules and the verdict's attributes read those),
 // not go-ldap's duplicate ByteValues. An empty DN is refused: it is never
 // a user, and a bind with an empty name is not a password check.

@@ -31,6 +31,22 @@ func bindTestAuth(t *testing.T, url string, edit func(*Config)) *Authenticator {
 	return a
 }
 
+// transport is one way to reach slapd, as a configuration edit.
+type transport struct {
+	name string
+	url  string
+	edit func(*Config)
+}
+
+// transports are plain LDAP, ldaps:// and StartTLS to s (started WithLDAPS).
+func transports(s *slapdtest.Server) []transport {
+	return []transport{
+		{"plain", s.URL(), nil},
+		{"ldaps", s.LDAPSURL(), func(c *Config) { c.CAFile = s.CAFile() }},
+		{"starttls", s.URL(), func(c *Config) { c.CAFile, c.StartTLS = s.CAFile(), true }},
+	}
+}
+
 // idleConn returns pool p's one idle connection, leaving it there.
 func idleConn(t *testing.T, p *pool) *conn {
 	t.Helper()
@@ -49,20 +65,13 @@ func idleConn(t *testing.T, p *pool) *conn {
 // a service account.
 func TestWireConnsReusedAcrossLogins(t *testing.T) {
 	s := slapdtest.Start(t, slapdtest.WithLDAPS())
-	for _, tc := range []struct {
-		name string
-		url  string
-		edit func(*Config)
-	}{
-		{"plain", s.URL(), nil},
-		{"ldaps", s.LDAPSURL(), func(c *Config) { c.CAFile = s.CAFile() }},
-		{"starttls", s.URL(), func(c *Config) { c.CAFile, c.StartTLS = s.CAFile(), true }},
-		{"service account", s.URL(), func(c *Config) { c.BindDN, c.BindPassword = slapdtest.AdminDN, slapdtest.AdminPassword }},
-		{"service account, starttls", s.URL(), func(c *Config) {
+	for _, tc := range append(transports(s),
+		transport{"service account", s.URL(), func(c *Config) { c.BindDN, c.BindPassword = slapdtest.AdminDN, slapdtest.AdminPassword }},
+		transport{"service account, starttls", s.URL(), func(c *Config) {
 			c.BindDN, c.BindPassword = slapdtest.AdminDN, slapdtest.AdminPassword
 			c.CAFile, c.StartTLS = s.CAFile(), true
 		}},
-	} {
+	) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := bindTestAuth(t, tc.url, tc.edit)
 			ctx := context.Background()
@@ -150,7 +159,7 @@ func TestStaleConnsAfterRestart(t *testing.T) {
 
 // TestBigEntryOverWire: an entry far larger than the read buffer (2,000
 // host values, ~50 KB) comes through whole from a real slapd, over plain
-// TCP and over TLS (several TLS records): the host rule sees the one value
+// TCP, ldaps:// and StartTLS (several TLS records): the host rule sees the one value
 // that allows this host, which is the last one.
 func TestBigEntryOverWire(t *testing.T) {
 	s := slapdtest.Start(t, slapdtest.WithLDAPS())
@@ -177,14 +186,7 @@ func TestBigEntryOverWire(t *testing.T) {
 	if err := lc.Add(add); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		name string
-		url  string
-		edit func(*Config)
-	}{
-		{"plain", s.URL(), nil},
-		{"ldaps", s.LDAPSURL(), func(c *Config) { c.CAFile = s.CAFile() }},
-	} {
+	for _, tc := range transports(s) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := bindTestAuth(t, tc.url, tc.edit)
 			for range 3 { // the same connection each time

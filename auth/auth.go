@@ -1,10 +1,14 @@
 // Package auth holds the one request and the one verdict that every front
-// door (saslauthd socket, Dovecot checkpassword, later HTTP) speaks, so that
-// policy lives in one place and each protocol stays a thin adapter.
+// door (saslauthd socket, Dovecot checkpassword and Lua, PAM, HTTP) speaks,
+// so that policy lives in one place and each protocol stays a thin adapter.
 package auth
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 )
 
@@ -15,7 +19,7 @@ type Request struct {
 	Service  string // smtp, imap, pop, sieve, ...
 	Realm    string // domain part, if any
 	// ClientAddr is the remote address as the peer gave it: "a.b.c.d;port"
-	// (cyrus-sasl master), "a.b.c.d" (Dovecot), or empty.
+	// (cyrus-sasl master), "a.b.c.d" (Dovecot, nginx), or empty.
 	ClientAddr string
 }
 
@@ -54,31 +58,114 @@ func (o Outcome) String() string {
 	}
 }
 
+// Cause classifies a verdict for the code that acts on it (Dovecot's
+// "unknown user", throttling, metrics); Reason keeps the detail for the
+// admin's log. The zero value says nothing more than the Outcome.
+type Cause uint8
+
+const (
+	CauseNone          Cause = iota
+	CauseInvalid             // malformed request: empty login or password, NUL bytes, too long
+	CauseUnknownUser         // no entry for this login
+	CauseWrongPassword       // the directory refused the password
+	CauseAmbiguous           // several entries for one login
+	CausePolicy              // host, service, realm or access-filter rule
+	CauseAccount             // the directory's account state: disabled, locked, expired, must change password
+	CauseThrottled           // refused without asking the directory: too many failures
+	CauseUnavailable         // TempFail: directory down, timeout, busy, misconfigured
+	CauseInternal            // TempFail: a bug or an impossible reply
+)
+
+var causeNames = [...]string{"", "invalid", "unknown_user", "wrong_password", "ambiguous", "policy",
+	"account", "throttled", "unavailable", "internal"}
+
+// String is the cause's stable name, used in logs and metrics labels.
+func (c Cause) String() string {
+	if int(c) < len(causeNames) {
+		return causeNames[c]
+	}
+	return "unknown"
+}
+
+// Field is one extra field a front door returns with an accept (a Dovecot
+// passdb/userdb field such as userdb_home or proxy), mapped by the daemon
+// from the entry's attributes.
+type Field struct {
+	Key, Value string
+}
+
 // Verdict is the single answer an Authenticator gives.
 type Verdict struct {
 	Outcome Outcome
-	// Reason says why, for logs and for the text of a NO answer. It never
-	// contains the password.
+	Cause   Cause
+	// Reason says why, for logs and for --explain. It never contains the
+	// password. Front doors do not show it to clients by default.
 	Reason string
-	// UserUnknown is set on a Reject because no such user exists (as opposed
-	// to a wrong password or a policy refusal). Dovecot lookups need the difference.
-	UserUnknown bool
 	// DN is the directory entry the user resolved to, when known.
 	DN string
 	// Attributes holds the non-secret attributes fetched with the user
 	// (mapped attributes for Dovecot fields, host, service), lower-cased names.
+	// Shared: callers must not modify it.
 	Attributes map[string][]string
+	// Fields are the front door's extra fields, set by the daemon for the
+	// front doors that return them (control socket: Dovecot, PAM).
+	Fields []Field
 }
+
+// UserUnknown reports a Reject because no such user exists (as opposed to a
+// wrong password or a policy refusal). Dovecot lookups need the difference.
+func (v Verdict) UserUnknown() bool { return v.Outcome == Reject && v.Cause == CauseUnknownUser }
 
 // Accepted, Rejected and TempFailed build verdicts.
 func Accepted(dn string, attrs map[string][]string) Verdict {
 	return Verdict{Outcome: Accept, Reason: "ok", DN: dn, Attributes: attrs}
 }
-func Rejected(reason string) Verdict   { return Verdict{Outcome: Reject, Reason: reason} }
-func TempFailed(reason string) Verdict { return Verdict{Outcome: TempFail, Reason: reason} }
+func Rejected(c Cause, reason string) Verdict {
+	return Verdict{Outcome: Reject, Cause: c, Reason: reason}
+}
+func TempFailed(c Cause, reason string) Verdict {
+	return Verdict{Outcome: TempFail, Cause: c, Reason: reason}
+}
 
 // Authenticator gives one verdict for one request. Implementations must be
 // safe for concurrent use and must honour ctx's deadline.
 type Authenticator interface {
 	Authenticate(ctx context.Context, req Request) Verdict
+}
+
+// AuthenticatorFunc adapts a function to Authenticator, like http.HandlerFunc.
+type AuthenticatorFunc func(ctx context.Context, req Request) Verdict
+
+// Authenticate calls f.
+func (f AuthenticatorFunc) Authenticate(ctx context.Context, req Request) Verdict { return f(ctx, req) }
+
+// Looker finds a user and applies the access rules without a password
+// (Dovecot userdb, PAM account): Accept with DN and attributes, Reject with
+// CauseUnknownUser when there is no entry, Reject on policy, TempFail on
+// errors.
+type Looker interface {
+	Lookup(ctx context.Context, req Request) Verdict
+}
+
+// MaxPassword bounds a password read from a file or a pipe (Cyrus's LDAP
+// path truncates at 127 bytes; nothing legitimate comes near this).
+const MaxPassword = 4096
+
+// ReadPasswordLine reads the first line of r as a password (a bind
+// password file, "-p -", pam_exec's expose_authtok): without its line
+// ending, at most MaxPassword bytes, never empty. A longer line is an
+// error, not a truncated password.
+func ReadPasswordLine(r io.Reader) (string, error) {
+	line, err := bufio.NewReaderSize(io.LimitReader(r, MaxPassword+2), 256).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("reading password: %w", err)
+	}
+	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	switch {
+	case len(line) > MaxPassword:
+		return "", fmt.Errorf("password longer than %d bytes", MaxPassword)
+	case line == "":
+		return "", errors.New("empty password")
+	}
+	return line, nil
 }

@@ -16,7 +16,7 @@ type accepter struct{}
 
 func (accepter) Authenticate(_ context.Context, r auth.Request) auth.Verdict {
 	if r.Password == "wrong" {
-		return auth.Rejected("invalid credentials")
+		return auth.Rejected(auth.CauseWrongPassword, "invalid credentials")
 	}
 	return auth.Accepted("uid="+r.User+",ou=people,dc=example,dc=org", nil)
 }

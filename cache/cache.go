@@ -40,20 +40,14 @@ import (
 	"github.com/mailauthd/mailauthd/auth"
 )
 
-// DefaultSize is the entry limit when Config.Size is 0.
+// DefaultSize is the entry limit when Config.Size is 0 (the cache owns this default).
 const DefaultSize = 10000
-
-// Authenticator is what the cache sits in front of (normally the LDAP
-// decision).
-type Authenticator interface {
-	Authenticate(ctx context.Context, req auth.Request) auth.Verdict
-}
 
 // Cache is a concurrency-safe, size-bounded, TTL-bounded cache of successful
 // verdicts in front of an Authenticator. A Cache with TTL <= 0 passes every
 // request through.
 type Cache struct {
-	next   Authenticator
+	next   auth.Authenticator
 	ttl    time.Duration
 	shards []shard
 	mask   uint64
@@ -70,8 +64,8 @@ type Cache struct {
 	key    [32]byte
 }
 
-// Stats are cumulative counters since New.
-type Stats struct {
+// stats are cumulative counters since New.
+type stats struct {
 	Hits, Misses, Coalesced, Evictions uint64
 	Entries                            int
 }
@@ -105,7 +99,7 @@ type call struct {
 // New returns a cache in front of next. cfg.TTL <= 0 disables caching;
 // cfg.Size <= 0 means DefaultSize. The HMAC key comes from crypto/rand; New
 // panics if the system cannot supply randomness, as crypto/rand itself does.
-func New(cfg Config, next Authenticator) *Cache {
+func New(cfg Config, next auth.Authenticator) *Cache {
 	c := &Cache{next: next, ttl: cfg.TTL, now: time.Now}
 	if cfg.TTL <= 0 {
 		return c
@@ -189,7 +183,7 @@ func (c *Cache) miss(ctx context.Context, s *shard, req auth.Request, id, ver *[
 		case <-cl.done:
 			return cl.verdict
 		case <-ctx.Done():
-			return auth.TempFailed("timed out waiting for a concurrent identical request")
+			return auth.TempFailed(auth.CauseUnavailable, "timed out waiting for a concurrent identical request")
 		}
 	}
 	cl := &call{done: make(chan struct{})}
@@ -200,7 +194,7 @@ func (c *Cache) miss(ctx context.Context, s *shard, req auth.Request, id, ver *[
 	// Whatever happens below (including a panic in next), waiters must be
 	// released and the in-flight slot freed, or identical requests would
 	// hang until their deadline.
-	cl.verdict = auth.TempFailed("internal error")
+	cl.verdict = auth.TempFailed(auth.CauseInternal, "internal error")
 	defer func() {
 		s.mu.Lock()
 		delete(s.inflight, ck)
@@ -250,12 +244,9 @@ func (c *Cache) Len() int {
 	return n
 }
 
-// Enabled reports whether the cache stores anything (TTL > 0).
-func (c *Cache) Enabled() bool { return c.shards != nil }
-
-// Stats returns the counters, for logs and the control socket.
-func (c *Cache) Stats() Stats {
-	var st Stats
+// stats returns the counters.
+func (c *Cache) stats() stats {
+	var st stats
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()

@@ -38,20 +38,20 @@ func (d *directory) Authenticate(ctx context.Context, r auth.Request) auth.Verdi
 		select {
 		case <-d.block:
 		case <-ctx.Done():
-			return auth.TempFailed("timeout")
+			return auth.TempFailed(auth.CauseUnavailable, "timeout")
 		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
 	case d.tempfail:
-		return auth.TempFailed("ldap down")
+		return auth.TempFailed(auth.CauseUnavailable, "ldap down")
 	case r.Password == "":
-		return auth.Rejected("empty password")
+		return auth.Rejected(auth.CauseInvalid, "empty password")
 	case d.passwords[r.User] == "" || d.passwords[r.User] != r.Password:
-		return auth.Rejected("invalid credentials")
+		return auth.Rejected(auth.CauseWrongPassword, "invalid credentials")
 	case d.services != nil && !d.services[r.Service]:
-		return auth.Rejected("service not allowed")
+		return auth.Rejected(auth.CausePolicy, "service not allowed")
 	}
 	return auth.Accepted("uid="+r.User+",dc=example", map[string][]string{"mail": {r.User + "@example.org"}})
 }
@@ -275,8 +275,8 @@ func TestDisabledPassesThrough(t *testing.T) {
 				t.Fatalf("ttl %v: outcome %v", ttl, v.Outcome)
 			}
 		}
-		if d.calls.Load() != 3 || c.Len() != 0 || c.Enabled() {
-			t.Fatalf("ttl %v: calls %d, Len %d, Enabled %v", ttl, d.calls.Load(), c.Len(), c.Enabled())
+		if d.calls.Load() != 3 || c.Len() != 0 || c.shards != nil {
+			t.Fatalf("ttl %v: calls %d, Len %d, shards %v", ttl, d.calls.Load(), c.Len(), c.shards != nil)
 		}
 		c.Flush() // must not panic on a disabled cache
 	}
@@ -297,7 +297,7 @@ func TestSizeBoundAcrossShards(t *testing.T) {
 	if n := c.Len(); n != size {
 		t.Fatalf("Len = %d, want %d", n, size)
 	}
-	if st := c.Stats(); st.Evictions != uint64(3*size-st.Entries) {
+	if st := c.stats(); st.Evictions != uint64(3*size-st.Entries) {
 		t.Fatalf("stats %+v do not add up", st)
 	}
 }
@@ -326,7 +326,7 @@ func TestCoalescing(t *testing.T) {
 	// leader: exactly two leaders (one per password).
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		st := c.Stats()
+		st := c.stats()
 		if d.calls.Load() == 2 && st.Coalesced == 2*n-2 {
 			break
 		}
@@ -416,7 +416,7 @@ func TestPasswordNeverHeld(t *testing.T) {
 			seen[v.Pointer()] = true
 			walk(v.Elem())
 		case reflect.Interface:
-			if v.Type() == reflect.TypeFor[Authenticator]() {
+			if v.Type() == reflect.TypeFor[auth.Authenticator]() {
 				return // the directory stand-in knows passwords by design
 			}
 			if !v.IsNil() {
@@ -518,7 +518,7 @@ func TestConcurrent(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 		c.Flush()
 		_ = c.Len()
-		_ = c.Stats()
+		_ = c.stats()
 	}
 	close(stop)
 	wg.Wait()

@@ -6,5 +6,5 @@ import "time"
 // no "cache" key turns the cache off.
 type Config struct {
 	TTL  time.Duration `yaml:"ttl"`
-	Size int           `yaml:"size"` // entries; default 10000 when TTL > 0
+	Size int           `yaml:"size"` // entries; 0 = DefaultSize
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
-	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
 )
@@ -140,80 +139,10 @@ func TestEscapeRoundTrip(t *testing.T) {
 	}
 }
 
-func testConfig() Config {
-	return Config{
-		Timeout: 5 * time.Second,
-		Fields: map[string]string{
-			"userdb_home": "homeDirectory",
-			"userdb_uid":  "uidNumber",
-			"userdb_gid":  "gidNumber",
-			"host":        "mailHost",
-		},
-		Defaults: map[string]string{
-			"userdb_home": "/var/vmail/%d/%n",
-			"userdb_uid":  "vmail",
-			"userdb_gid":  "vmail",
-			"userdb_mail": "maildir:~/Maildir",
-			"proxy_maybe": "y",
-		},
-	}
-}
-
-func TestReplyFieldsMappingAndDefaults(t *testing.T) {
-	cfg := testConfig()
-	v := auth.Accepted("uid=alice,ou=people,dc=example,dc=org", map[string][]string{
-		"homedirectory": {"/srv/mail/alice"},
-		"uidnumber":     {"2001"},
-		"mailhost":      {"imap1.example.org", "imap2.example.org"},
-	})
-	got, err := cfg.ReplyFields("alice@example.org", v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Field{
-		{"user", "alice@example.org"},
-		{"host", "imap1.example.org"},
-		{"proxy_maybe", "y"},
-		{"userdb_gid", "vmail"}, // attribute absent: default
-		{"userdb_home", "/srv/mail/alice"},
-		{"userdb_mail", "maildir:~/Maildir"},
-		{"userdb_uid", "2001"},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got  %q\nwant %q", got, want)
-	}
-
-	// No attributes at all: the templates, with %d and %n split at the last '@'.
-	got, err = cfg.ReplyFields("bob@example.net", auth.Accepted("", nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f := fieldValue(got, "userdb_home"); f != "/var/vmail/example.net/bob" {
-		t.Fatalf("userdb_home = %q", f)
-	}
-	if f := fieldValue(got, "host"); f != "" {
-		t.Fatalf("host without attribute or default should be absent, got %q", f)
-	}
-}
-
-func fieldValue(fs []Field, k string) string {
-	for _, f := range fs {
-		if f.Key == k {
-			return f.Value
-		}
-	}
-	return ""
-}
-
 func TestReplyInjection(t *testing.T) {
-	cfg := testConfig()
 	// A directory value trying to add fields: must stay one field's value.
 	evil := "/home/x\tnopassword=y\nproxy\x01"
-	v := auth.Accepted("", map[string][]string{"homedirectory": {evil}})
-	fields, err := cfg.ReplyFields("alice", v)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fields := []auth.Field{{Key: "user", Value: "alice"}, {Key: "userdb_home", Value: evil}}
 	b := EncodeReply(fields)
 	if bytes.IndexByte(b, '\n') >= 0 || bytes.Contains(b, []byte("\tnopassword")) {
 		t.Fatalf("injection survived: %q", b)
@@ -228,61 +157,15 @@ func TestReplyInjection(t *testing.T) {
 	if fieldValue(back, "nopassword") != "" || fieldValue(back, "userdb_home") != evil {
 		t.Fatalf("decoded fields wrong: %q", back)
 	}
-
-	// NUL cannot be carried: the run must not guess.
-	v = auth.Accepted("", map[string][]string{"mailhost": {"a\x00b"}})
-	if _, err := cfg.ReplyFields("alice", v); !errors.Is(err, ErrBadValue) {
-		t.Fatalf("NUL value: err = %v, want ErrBadValue", err)
-	}
-	v = auth.Accepted("", map[string][]string{"mailhost": {strings.Repeat("h", maxFieldValue+1)}})
-	if _, err := cfg.ReplyFields("alice", v); !errors.Is(err, ErrBadValue) {
-		t.Fatalf("long value: err = %v, want ErrBadValue", err)
-	}
 }
 
-func TestConfigValidate(t *testing.T) {
-	ok := testConfig()
-	if err := ok.Validate(); err != nil {
-		t.Fatalf("valid config refused: %v", err)
+func fieldValue(fs []auth.Field, k string) string {
+	for _, f := range fs {
+		if f.Key == k {
+			return f.Value
+		}
 	}
-	tests := []struct {
-		name   string
-		mutate func(*Config)
-		want   string
-	}{
-		{"nopassword", func(c *Config) { c.Defaults["nopassword"] = "y" }, "nopassword"},
-		{"password from LDAP", func(c *Config) { c.Fields["password"] = "userPassword" }, "password"},
-		{"protected suffix", func(c *Config) { c.Fields["host:protected"] = "mailHost" }, "host:protected"},
-		{"upper case field", func(c *Config) { c.Fields["Host"] = "mailHost" }, "Host"},
-		{"tab in field name", func(c *Config) { c.Defaults["a\tb"] = "x" }, "a\\tb"},
-		{"bad attribute", func(c *Config) { c.Fields["userdb_mail"] = "mail box" }, "mail box"},
-		{"unknown token", func(c *Config) { c.Defaults["userdb_home"] = "/var/vmail/%h" }, "%h"},
-		{"lone percent", func(c *Config) { c.Defaults["userdb_home"] = "/var/vmail/%" }, "lone"},
-		{"control char", func(c *Config) { c.Defaults["userdb_home"] = "/x\ny" }, "control"},
-		{"timeout", func(c *Config) { c.Timeout = 0 }, "timeout"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := testConfig()
-			tt.mutate(&c)
-			err := c.Validate()
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("err = %v, want mention of %q", err, tt.want)
-			}
-		})
-	}
-}
-
-func TestLDAPAttributes(t *testing.T) {
-	c := testConfig()
-	want := []string{"gidnumber", "homedirectory", "mailhost", "uidnumber"}
-	if got := c.LDAPAttributes(); !reflect.DeepEqual(got, want) {
-		t.Fatalf("LDAPAttributes = %q, want %q", got, want)
-	}
-	got := c.MergeAttributes([]string{"mailHost", "cn"})
-	if !reflect.DeepEqual(got, []string{"mailHost", "cn", "gidnumber", "homedirectory", "uidnumber"}) {
-		t.Fatalf("MergeAttributes = %q", got)
-	}
+	return ""
 }
 
 // decider records what it was asked and answers with fixed verdicts, so the
@@ -307,8 +190,10 @@ func (d *decider) Lookup(_ context.Context, r auth.Request) auth.Verdict {
 }
 
 func TestDecideExitCodes(t *testing.T) {
-	accepted := auth.Accepted("uid=alice,ou=people,dc=example,dc=org", map[string][]string{"homedirectory": {"/srv/alice"}})
-	unknown := auth.Verdict{Outcome: auth.Reject, Reason: "no such user", UserUnknown: true}
+	accepted := auth.Accepted("uid=alice,ou=people,dc=example,dc=org", nil)
+	accepted.Fields = []auth.Field{{Key: "user", Value: "alice"}, {Key: "userdb_home", Value: "/srv/alice"}}
+	unmapped := auth.Accepted("uid=alice,ou=people,dc=example,dc=org", nil)
+	unknown := auth.Rejected(auth.CauseUnknownUser, "no such user")
 	tests := []struct {
 		name      string
 		in        Input
@@ -319,23 +204,23 @@ func TestDecideExitCodes(t *testing.T) {
 		wantReply bool
 	}{
 		{"accept", Input{"alice", "pw"}, ModeAuthenticate, decider{auth: accepted}, ExitOK, []string{"auth"}, true},
-		{"wrong password", Input{"alice", "bad"}, ModeAuthenticate, decider{auth: auth.Rejected("invalid credentials")}, ExitReject, []string{"auth"}, false},
+		{"wrong password", Input{"alice", "bad"}, ModeAuthenticate, decider{auth: auth.Rejected(auth.CauseWrongPassword, "invalid credentials")}, ExitReject, []string{"auth"}, false},
 		{"unknown user on auth", Input{"nobody", "pw"}, ModeAuthenticate, decider{auth: unknown}, ExitReject, []string{"auth"}, false},
-		{"ldap down", Input{"alice", "pw"}, ModeAuthenticate, decider{auth: auth.TempFailed("ldap unreachable")}, ExitTempFail, []string{"auth"}, false},
+		{"ldap down", Input{"alice", "pw"}, ModeAuthenticate, decider{auth: auth.TempFailed(auth.CauseUnavailable, "ldap unreachable")}, ExitTempFail, []string{"auth"}, false},
 		{"empty password never asked", Input{"alice", ""}, ModeAuthenticate, decider{auth: accepted}, ExitReject, nil, false},
 		{"lookup found", Input{"alice", ""}, ModeLookup, decider{lookup: accepted}, ExitFound, []string{"lookup"}, true},
 		{"lookup ignores a password", Input{"alice", "pw"}, ModeLookup, decider{lookup: accepted}, ExitFound, []string{"lookup"}, true},
 		{"lookup unknown", Input{"nobody", ""}, ModeLookup, decider{lookup: unknown}, ExitUnknown, []string{"lookup"}, false},
-		{"lookup refused by policy", Input{"otherhost", ""}, ModeLookup, decider{lookup: auth.Rejected("host not allowed")}, ExitUnknown, []string{"lookup"}, false},
-		{"lookup ldap down", Input{"alice", ""}, ModeLookup, decider{lookup: auth.TempFailed("timeout")}, ExitTempFail, []string{"lookup"}, false},
-		{"accept with unusable value", Input{"alice", "pw"}, ModeAuthenticate,
-			decider{auth: auth.Accepted("", map[string][]string{"homedirectory": {"a\x00"}})}, ExitTempFail, []string{"auth"}, false},
+		{"lookup refused by policy", Input{"otherhost", ""}, ModeLookup, decider{lookup: auth.Rejected(auth.CausePolicy, "host not allowed")}, ExitUnknown, []string{"lookup"}, false},
+		{"lookup ldap down", Input{"alice", ""}, ModeLookup, decider{lookup: auth.TempFailed(auth.CauseUnavailable, "timeout")}, ExitTempFail, []string{"lookup"}, false},
+		// A decider that maps no fields (the daemon always sends "user"):
+		// never a success code with an empty reply.
+		{"accept without fields", Input{"alice", "pw"}, ModeAuthenticate, decider{auth: unmapped}, ExitTempFail, []string{"auth"}, false},
 	}
-	cfg := Config{Timeout: time.Second, Fields: map[string]string{"userdb_home": "homeDirectory"}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := tt.d
-			res := Decide(context.Background(), cfg, tt.in, Env{Mode: tt.mode, Service: "imap"}, &d)
+			res := Decide(context.Background(), tt.in, Env{Mode: tt.mode, Service: "imap"}, &d)
 			if res.Exit != tt.wantExit {
 				t.Fatalf("exit = %d, want %d (verdict %+v)", res.Exit, tt.wantExit, res.Verdict)
 			}
@@ -385,10 +270,10 @@ func FuzzReplyRoundTrip(f *testing.F) {
 	f.Add("host", "a\tb\nc\rd\x01e")
 	f.Add("userdb_mail", "\x01t")
 	f.Fuzz(func(t *testing.T, key, value string) {
-		if checkFieldName(key) != nil {
-			return
+		if key == "" || strings.ContainsAny(key, "=\t\r\n\x01") {
+			return // not a field name (dovecot.Mapping refuses these)
 		}
-		fields := []Field{{"user", "alice"}, {key, value}}
+		fields := []auth.Field{{Key: "user", Value: "alice"}, {Key: key, Value: value}}
 		b := EncodeReply(fields)
 		if bytes.ContainsAny(b, "\n\r") || bytes.Count(b, []byte{'\t'}) != 1 {
 			t.Fatalf("reply %q has raw LF/CR or extra TAB", b)

@@ -1,8 +1,9 @@
 // Package checkpassword implements Dovecot 2.3's checkpassword interface
-// (passdb and userdb driver "checkpassword") on top of mailauthd's LDAP
-// decision: parse fd 3 and the environment, ask a Decider, and turn the
-// verdict into an exit code and the tab-escaped reply Dovecot reads from
-// fd 4 (dovecot/core src/auth/db-checkpassword.c).
+// (passdb and userdb driver "checkpassword") on top of mailauthd's
+// decision: parse fd 3 and the environment, ask a Decider (the running
+// daemon, or the same decision built in-process when none runs), and turn
+// the verdict and its fields into an exit code and the tab-escaped reply
+// Dovecot reads from fd 4 (dovecot/core src/auth/db-checkpassword.c).
 package checkpassword
 
 import (
@@ -29,11 +30,12 @@ const (
 	ExitTempFail = 111
 )
 
-// Decider gives the LDAP decision: ldapauth.Authenticator directly, or the
-// running daemon through control.Client.
+// Decider gives the decision with the Dovecot fields of an accept already
+// mapped: the running daemon through control, or the daemon's decision
+// built in this process.
 type Decider interface {
-	Authenticate(ctx context.Context, req auth.Request) auth.Verdict
-	Lookup(ctx context.Context, req auth.Request) auth.Verdict
+	auth.Authenticator
+	auth.Looker
 }
 
 // Result is one run's outcome: the exit code, the reply for fd 4 (only
@@ -48,7 +50,7 @@ type Result struct {
 // Decide answers one Dovecot request. It never returns ExitOK or
 // ExitFound without a non-empty reply, and never asks the Decider to
 // authenticate an empty password.
-func Decide(ctx context.Context, cfg Config, in Input, env Env, d Decider) Result {
+func Decide(ctx context.Context, in Input, env Env, d Decider) Result {
 	req := env.Request(in)
 	res := Result{Request: req}
 	res.Request.Password = ""
@@ -57,7 +59,7 @@ func Decide(ctx context.Context, cfg Config, in Input, env Env, d Decider) Resul
 	switch env.Mode {
 	case ModeAuthenticate:
 		if in.Password == "" {
-			res.Verdict = auth.Rejected("empty password")
+			res.Verdict = auth.Rejected(auth.CauseInvalid, "empty password")
 			res.Exit = ExitReject
 			return res
 		}
@@ -66,7 +68,7 @@ func Decide(ctx context.Context, cfg Config, in Input, env Env, d Decider) Resul
 		req.Password = ""
 		v = d.Lookup(ctx, req)
 	default:
-		res.Verdict = auth.TempFailed("unknown mode")
+		res.Verdict = auth.TempFailed(auth.CauseInternal, "unknown mode")
 		res.Exit = ExitTempFail
 		return res
 	}
@@ -74,14 +76,7 @@ func Decide(ctx context.Context, cfg Config, in Input, env Env, d Decider) Resul
 
 	switch v.Outcome {
 	case auth.Accept:
-		fields, err := cfg.ReplyFields(in.User, v)
-		if err != nil {
-			res.Verdict = auth.TempFailed(err.Error())
-			res.Verdict.DN = v.DN
-			res.Exit = ExitTempFail
-			return res
-		}
-		res.Reply = EncodeReply(fields)
+		res.Reply = EncodeReply(v.Fields)
 		if env.Mode == ModeLookup {
 			res.Exit = ExitFound
 		} else {
@@ -100,10 +95,11 @@ func Decide(ctx context.Context, cfg Config, in Input, env Env, d Decider) Resul
 		res.Exit = ExitTempFail
 	}
 	if len(res.Reply) == 0 && (res.Exit == ExitOK || res.Exit == ExitFound) {
-		// Cannot happen (ReplyFields always sends "user"), but an empty
-		// reply with a success code is Dovecot's "internal failure" at best.
+		// The daemon's mapping always sends "user"; an accept without
+		// fields is a decider that maps nothing, and an empty reply with a
+		// success code is Dovecot's "internal failure" at best.
 		res.Exit = ExitTempFail
-		res.Verdict = auth.TempFailed("empty reply")
+		res.Verdict = auth.TempFailed(auth.CauseInternal, "accept without Dovecot fields")
 	}
 	return res
 }

@@ -8,11 +8,6 @@ import (
 	"github.com/mailauthd/mailauthd/auth"
 )
 
-// Field is one key=value pair of a reply.
-type Field struct {
-	Key, Value string
-}
-
 // AppendEscaped appends s with Dovecot's tab escaping (str_append_tabescaped
 // in lib/strescape.c): 0x01 -> 01 '1', TAB -> 01 't', CR -> 01 'r',
 // LF -> 01 'n'. Dovecot splits the reply on TAB and refuses a reply that
@@ -72,7 +67,7 @@ func Unescape(s string) (string, error) {
 // EncodeReply renders fields as Dovecot reads them from fd 4: key=value
 // pairs separated by TAB, values escaped, no trailing LF (Dovecot rejects a
 // reply containing LF).
-func EncodeReply(fields []Field) []byte {
+func EncodeReply(fields []auth.Field) []byte {
 	n := 0
 	for _, f := range fields {
 		n += len(f.Key) + len(f.Value) + 2
@@ -92,11 +87,11 @@ func EncodeReply(fields []Field) []byte {
 // DecodeReply splits a reply the way Dovecot does (TAB, then unescape,
 // then key at the first '='). Empty fields are skipped like Dovecot's
 // passdb does. It exists for tests and for "mailauthd test"-style tools.
-func DecodeReply(b []byte) ([]Field, error) {
+func DecodeReply(b []byte) ([]auth.Field, error) {
 	if strings.IndexByte(string(b), '\n') >= 0 {
 		return nil, errors.New("checkpassword: LF in reply")
 	}
-	var out []Field
+	var out []auth.Field
 	for _, part := range strings.Split(string(b), "\t") {
 		if part == "" {
 			continue
@@ -106,62 +101,7 @@ func DecodeReply(b []byte) ([]Field, error) {
 			return nil, err
 		}
 		k, v, _ := strings.Cut(s, "=")
-		out = append(out, Field{Key: k, Value: v})
+		out = append(out, auth.Field{Key: k, Value: v})
 	}
 	return out, nil
-}
-
-// ErrBadValue means a directory value cannot be put in a reply (NUL byte or
-// over-long). The caller answers "temporary failure": the directory holds
-// something it should not, and guessing (dropping a proxy host, say) could
-// send the user to the wrong place.
-var ErrBadValue = errors.New("checkpassword: directory value unusable in a Dovecot field")
-
-// ReplyFields builds the reply for user (as Dovecot sent it) from an accepted
-// verdict: "user" first (unchanged, so Dovecot never renames the login),
-// then every mapped field in name order, the LDAP value when present,
-// else the default. Fields with neither are left out.
-func (c Config) ReplyFields(user string, v auth.Verdict) ([]Field, error) {
-	local, domain := user, ""
-	if i := strings.LastIndexByte(user, '@'); i > 0 && i < len(user)-1 {
-		local, domain = user[:i], user[i+1:]
-	}
-	names := c.fieldNames()
-	out := make([]Field, 0, 1+len(names))
-	out = append(out, Field{Key: "user", Value: user})
-	for _, name := range names {
-		value, ok := "", false
-		if attr, mapped := c.Fields[name]; mapped {
-			if vals := lookupAttr(v.Attributes, attr); len(vals) > 0 && vals[0] != "" {
-				value, ok = vals[0], true
-			}
-		}
-		if !ok {
-			if t, has := c.Defaults[name]; has {
-				value, ok = expandTemplate(t, user, local, domain), true
-			}
-		}
-		if !ok {
-			continue
-		}
-		if len(value) > maxFieldValue || strings.IndexByte(value, 0) >= 0 {
-			return nil, fmt.Errorf("field %s: %w", name, ErrBadValue)
-		}
-		out = append(out, Field{Key: name, Value: value})
-	}
-	return out, nil
-}
-
-// lookupAttr finds an attribute by name, case-insensitively: ldapauth
-// lower-cases names, but the config may spell them like the schema does.
-func lookupAttr(attrs map[string][]string, name string) []string {
-	if vals, ok := attrs[strings.ToLower(name)]; ok {
-		return vals
-	}
-	for k, vals := range attrs {
-		if strings.EqualFold(k, name) {
-			return vals
-		}
-	}
-	return nil
 }

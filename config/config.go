@@ -1,5 +1,9 @@
-// Package config loads mailauthd's YAML configuration and, for migrating
-// admins, the LDAP settings of a Cyrus /etc/saslauthd.conf.
+// Package config reads mailauthd's YAML configuration, every section in one
+// decode, and, for migrating admins, the LDAP settings of a Cyrus
+// /etc/saslauthd.conf. Each package owns its section's type and defaults;
+// this one composes them, and Validate checks every section without
+// changing anything. It reads no secret: the bind password file is read by
+// the directory when the daemon is built.
 package config
 
 import (
@@ -8,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,10 +22,14 @@ import (
 
 	"github.com/mailauthd/mailauthd/cache"
 	"github.com/mailauthd/mailauthd/checkpassword"
+	"github.com/mailauthd/mailauthd/directory"
+	"github.com/mailauthd/mailauthd/dovecot"
 	"github.com/mailauthd/mailauthd/ldapauth"
+	"github.com/mailauthd/mailauthd/pamcheck"
+	"github.com/mailauthd/mailauthd/saslauthd"
 )
 
-// DefaultPath is where serve, test and checkpassword look without --config.
+// DefaultPath is where every command looks without --config.
 const DefaultPath = "/etc/mailauthd/mailauthd.yaml"
 
 // maxFileSize bounds what we read: a configuration is a few KiB; anything
@@ -31,14 +40,13 @@ const maxFileSize = 1 << 20
 type File struct {
 	Listen        Listen                `yaml:"listen"`
 	Server        Server                `yaml:"server"`
-	LDAP          ldapauth.Config       `yaml:"ldap"`
+	LDAP          LDAP                  `yaml:"ldap"`
 	Access        ldapauth.AccessConfig `yaml:"access"`
 	Cache         cache.Config          `yaml:"cache"`
+	Dovecot       dovecot.Mapping       `yaml:"dovecot"`
 	Checkpassword checkpassword.Config  `yaml:"checkpassword"`
+	Pamcheck      pamcheck.Config       `yaml:"pamcheck"`
 	Log           Log                   `yaml:"log"`
-	// Pamcheck belongs to the pamcheck command, which decodes and validates
-	// it itself; here it only has to be a known key.
-	Pamcheck yaml.Node `yaml:"pamcheck"`
 
 	// ldapSet records that the YAML document had an ldap: section, which
 	// must not be mixed with a saslauthd.conf.
@@ -47,6 +55,13 @@ type File struct {
 	// Warnings lists settings that were accepted but not honoured (from a
 	// saslauthd.conf); serve logs each one at startup.
 	Warnings []string `yaml:"-"`
+}
+
+// LDAP is the ldap: section: one section for the admin, two halves for the
+// code (the transport and the search).
+type LDAP struct {
+	Directory directory.Config `yaml:",inline"`
+	Search    ldapauth.Config  `yaml:",inline"`
 }
 
 // Socket is one Unix socket to listen on.
@@ -96,25 +111,29 @@ type Log struct {
 }
 
 // Default is the configuration before the file is applied: keys the file
-// leaves out keep these values.
+// leaves out keep these values, each section's from its own package.
 func Default() *File {
 	return &File{
 		Listen: Listen{
 			Saslauthd: []Socket{{Path: "/run/mailauthd/mux", Mode: "0660"}},
 			Control:   Socket{Path: "/run/mailauthd/control", Mode: "0600"},
 		},
-		Server:        Server{MaxConnections: 256, RequestTimeout: 10 * time.Second, IOTimeout: 5 * time.Second, MaxFieldSize: 1024},
-		LDAP:          ldapauth.DefaultConfig(),
+		Server: Server{
+			MaxConnections: saslauthd.DefaultMaxConns,
+			RequestTimeout: saslauthd.DefaultRequestTimeout,
+			IOTimeout:      saslauthd.DefaultReadTimeout,
+			MaxFieldSize:   saslauthd.DefaultMaxFieldSize,
+		},
+		LDAP:          LDAP{Directory: directory.DefaultConfig(), Search: ldapauth.DefaultConfig()},
 		Access:        ldapauth.DefaultAccessConfig(),
-		Checkpassword: checkpassword.Config{Timeout: 5 * time.Second},
+		Checkpassword: checkpassword.Config{Timeout: checkpassword.DefaultTimeout},
 		Log:           Log{Format: "text", Level: "info"},
 	}
 }
 
 // Load reads the YAML file at path ("" = built-in defaults only) and, when
 // saslauthdConf is set, takes the LDAP settings from that Cyrus
-// saslauthd.conf instead, so a migrating admin changes nothing. The
-// service account's password file is read by ldapauth.New.
+// saslauthd.conf instead, so a migrating admin changes nothing.
 func Load(path, saslauthdConf string) (*File, error) {
 	f := Default()
 	if path != "" {
@@ -131,10 +150,21 @@ func Load(path, saslauthdConf string) (*File, error) {
 			return nil, err
 		}
 	}
-	// The attributes Dovecot fields are mapped from come with the user's
-	// search, so a checkpassword lookup costs no second query.
-	f.LDAP.Attributes = f.Checkpassword.MergeAttributes(f.LDAP.Attributes)
 	return f, nil
+}
+
+// Find loads the configuration as every command does: path from --config
+// (explicit tells whether the flag was given). Without an explicit
+// --config, a missing default file means the built-in defaults: a
+// saslauthd.conf may supply the LDAP part, and commands that only need a
+// socket path (cache flush) work on a host without a file.
+func Find(path string, explicit bool, saslauthdConf string) (*File, error) {
+	if !explicit {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			path = ""
+		}
+	}
+	return Load(path, saslauthdConf)
 }
 
 func readBounded(path string) ([]byte, error) {
@@ -156,10 +186,22 @@ func readBounded(path string) ([]byte, error) {
 var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
 
 // Parse decodes and validates a configuration document. It does not read
-// the files the configuration names (password files); Load does.
+// the files the configuration names (password files).
 func Parse(data []byte) (*File, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, cleanYAMLError(err)
+	}
+	zeroDurations(&doc, reflect.TypeFor[File]())
+	norm, err := yaml.Marshal(&doc)
+	if err != nil {
+		return nil, cleanYAMLError(err)
+	}
+	if len(doc.Content) == 0 {
+		norm = nil // an empty file
+	}
 	f := Default()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec := yaml.NewDecoder(bytes.NewReader(norm))
 	dec.KnownFields(true)
 	if err := dec.Decode(f); err != nil && !errors.Is(err, io.EOF) {
 		return nil, cleanYAMLError(err)
@@ -171,14 +213,81 @@ func Parse(data []byte) (*File, error) {
 		f.ldapSet = true
 	}
 	// A second document is almost certainly a paste error; refuse it.
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document; mailauthd reads exactly one")
+	multi := yaml.NewDecoder(bytes.NewReader(data))
+	var first, extra yaml.Node
+	if err := multi.Decode(&first); err == nil {
+		if err := multi.Decode(&extra); !errors.Is(err, io.EOF) {
+			return nil, errors.New("more than one YAML document; mailauthd reads exactly one")
+		}
 	}
+	f.Pamcheck = f.Pamcheck.WithDefaults()
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
 	return f, nil
+}
+
+// zeroDurations rewrites a bare 0 given for a time.Duration key to "0s", so
+// "mirror_refresh: 0" means off, as the documentation says, instead of a
+// type error (YAML reads 0 as an integer; time.Duration wants a string).
+// It walks the document beside the Go type it will be decoded into.
+func zeroDurations(n *yaml.Node, t reflect.Type) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			zeroDurations(c, t)
+		}
+	case yaml.SequenceNode:
+		if t.Kind() == reflect.Slice {
+			for _, c := range n.Content {
+				zeroDurations(c, t.Elem())
+			}
+		}
+	case yaml.MappingNode:
+		if t.Kind() != reflect.Struct {
+			return
+		}
+		fields := yamlFields(t)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			ft, ok := fields[n.Content[i].Value]
+			if !ok {
+				continue
+			}
+			v := n.Content[i+1]
+			if ft == reflect.TypeFor[time.Duration]() && v.Kind == yaml.ScalarNode && v.Tag == "!!int" && v.Value == "0" {
+				v.Tag, v.Value = "!!str", "0s"
+				continue
+			}
+			zeroDurations(v, ft)
+		}
+	}
+}
+
+// yamlFields maps the YAML keys of struct t to their field types, looking
+// into ",inline" fields.
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if opts == "inline" {
+			for k, v := range yamlFields(f.Type) {
+				out[k] = v
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		out[name] = f.Type
+	}
+	return out
 }
 
 func cleanYAMLError(err error) error {
@@ -188,6 +297,9 @@ func cleanYAMLError(err error) error {
 		for _, e := range te.Errors {
 			if m := unknownField.FindStringSubmatch(e); m != nil {
 				e = fmt.Sprintf("line %s: unknown key %q (in %s)", m[1], m[2], section(m[3]))
+				if moved, ok := movedKeys[section(m[3])+"."+m[2]]; ok {
+					e += "; it moved to " + moved
+				}
 			}
 			msgs = append(msgs, e)
 		}
@@ -196,15 +308,27 @@ func cleanYAMLError(err error) error {
 	return fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "yaml: "))
 }
 
+// movedKeys are keys of earlier versions, with where they went.
+var movedKeys = map[string]string{
+	"checkpassword.fields":   "dovecot.fields (one mapping for checkpassword and Lua)",
+	"checkpassword.defaults": "dovecot.defaults (one mapping for checkpassword and Lua)",
+}
+
 // section names a Go type the way the admin knows it: the YAML section.
 func section(goType string) string {
 	switch goType {
 	case "config.File":
 		return "top level"
-	case "ldapauth.Config":
+	case "config.LDAP":
 		return "ldap"
 	case "ldapauth.AccessConfig":
 		return "access"
+	case "dovecot.Mapping":
+		return "dovecot"
+	case "pamcheck.Config":
+		return "pamcheck"
+	case "pamcheck.Rule":
+		return "pamcheck.rules"
 	case "config.Listen":
 		return "listen"
 	case "config.Socket":
@@ -221,8 +345,10 @@ func section(goType string) string {
 	return goType
 }
 
-// Validate checks what can be checked without touching the network. The
-// LDAP settings are checked again, more deeply, by ldapauth.New.
+// Validate checks every section as far as it can without touching the
+// network or reading secrets; it changes nothing. The directory and the
+// decision check their sections again, more deeply, when the daemon is
+// built (serve --check does that too).
 func (f *File) Validate() error {
 	var errs []string
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
@@ -260,20 +386,22 @@ func (f *File) Validate() error {
 	if f.Server.ClientAddrWait < 0 || f.Server.ClientAddrWait > time.Second {
 		bad("server.client_addr_wait must be 0..1s, not %s", f.Server.ClientAddrWait)
 	}
-	if f.LDAP.Timeout <= 0 {
+	if f.LDAP.Directory.Timeout <= 0 {
 		bad("ldap.timeout must be positive")
 	}
-	if f.LDAP.BindPasswordFile != "" && f.LDAP.BindDN == "" {
+	if f.LDAP.Directory.BindPasswordFile != "" && f.LDAP.Directory.BindDN == "" {
 		bad("ldap.bind_password_file is set but ldap.bind_dn is empty")
+	}
+	if f.LDAP.Search.MirrorRefresh < 0 {
+		bad("ldap.mirror_refresh must not be negative")
 	}
 	if f.Cache.TTL < 0 || f.Cache.Size < 0 {
 		bad("cache.ttl and cache.size must not be negative")
 	}
-	if f.Cache.TTL > 0 && f.Cache.Size == 0 {
-		f.Cache.Size = 10000
-	}
-	if err := f.Checkpassword.Validate(); err != nil {
-		bad("%v", err)
+	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate()} {
+		if err != nil {
+			bad("%v", err)
+		}
 	}
 	switch f.Log.Format {
 	case "text", "json":

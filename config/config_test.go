@@ -19,7 +19,7 @@ func TestSampleConfigLoads(t *testing.T) {
 	if m, _ := f.Listen.Saslauthd[0].FileMode(); m != 0o660 {
 		t.Errorf("mode = %o", m)
 	}
-	if f.LDAP.Timeout != 5*time.Second || f.LDAP.Scope != "sub" || len(f.LDAP.URLs) != 2 {
+	if f.LDAP.Directory.Timeout != 5*time.Second || f.LDAP.Search.Scope != "sub" || len(f.LDAP.Directory.URLs) != 2 {
 		t.Errorf("ldap = %+v", f.LDAP)
 	}
 }
@@ -29,7 +29,7 @@ func TestDefaultsSurviveAPartialFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.LDAP.Filter != "(uid=%u)" || f.LDAP.Timeout != 5*time.Second || f.Access.HostAttribute != "host" {
+	if f.LDAP.Search.Filter != "(uid=%u)" || f.LDAP.Directory.Timeout != 5*time.Second || f.Access.HostAttribute != "host" {
 		t.Errorf("defaults lost: %+v %+v", f.LDAP, f.Access)
 	}
 	// An explicit empty host_attribute turns host checks off; it must not be
@@ -58,6 +58,14 @@ func TestConfigErrors(t *testing.T) {
 		{"password file without dn", "ldap: {bind_password_file: /x}\n", "bind_dn is empty"},
 		{"two documents", "log: {level: info}\n---\nlog: {level: debug}\n", "more than one YAML document"},
 		{"field size", "server: {max_field_size: 100}\n", "max_field_size"},
+		{"moved key", "checkpassword:\n  fields: {userdb_home: homeDirectory}\n", "moved to dovecot.fields"},
+		{"dovecot field", "dovecot:\n  fields: {nopassword: x}\n", "nopassword"},
+		{"pamcheck typo", "pamcheck:\n  servics: [imap]\n", `unknown key "servics" (in pamcheck)`},
+		{"pamcheck service", "pamcheck:\n  services: [../x]\n", "invalid service"},
+		{"pamcheck state dir", "pamcheck:\n  state_dir: relative\n", "must be absolute"},
+		{"pamcheck empty rule", "pamcheck:\n  rules:\n    - service: imap\n", "checks nothing"},
+		{"pamcheck rule type", "pamcheck:\n  rules:\n    - service: imap\n      type: login\n      require_any_module: [a]\n", "unknown type"},
+		{"negative mirror", "ldap:\n  mirror_refresh: -1s\n", "mirror_refresh"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -80,16 +88,16 @@ func TestSaslauthdConf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := f.LDAP
+	l, q := f.LDAP.Directory, f.LDAP.Search
 	if strings.Join(l.URLs, " ") != "ldap://127.0.0.1:389/ ldap://ldap2.example.org/" {
 		t.Errorf("urls = %v", l.URLs)
 	}
 	if l.BindDN != "cn=saslauthd,dc=example,dc=org" || l.BindPassword != "s3cret" {
 		t.Errorf("bind = %q", l.BindDN)
 	}
-	if l.Filter != "(uid=%u)" || l.Scope != "one" || l.Timeout != 3*time.Second || !l.StartTLS ||
-		l.CAFile != "/etc/ssl/certs/ca.pem" || l.DefaultRealm != "example.org" || l.Base != "ou=people,dc=example,dc=org" {
-		t.Errorf("ldap = %+v", l)
+	if q.Filter != "(uid=%u)" || q.Scope != "one" || l.Timeout != 3*time.Second || !l.StartTLS ||
+		l.CAFile != "/etc/ssl/certs/ca.pem" || q.DefaultRealm != "example.org" || q.Base != "ou=people,dc=example,dc=org" {
+		t.Errorf("ldap = %+v", f.LDAP)
 	}
 	if len(f.Warnings) != 1 || !strings.Contains(f.Warnings[0], "ldap_time_limit") {
 		t.Errorf("warnings = %q", f.Warnings)
@@ -162,7 +170,7 @@ func FuzzParseSaslauthdConf(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, _, err := ParseSaslauthdConf(data, Default().LDAP)
-		if err == nil && c.BindDN != "" && c.BindPassword == "" {
+		if err == nil && c.Directory.BindDN != "" && c.Directory.BindPassword == "" {
 			t.Fatalf("accepted a bind DN without password")
 		}
 	})
@@ -176,5 +184,54 @@ func TestShippedSampleLoads(t *testing.T) {
 	}
 	if f.Listen.Control.Group != "dovecot" || f.Access.HostAttribute != "host" || f.Cache.TTL != 0 {
 		t.Errorf("unexpected sample values: %+v %+v", f.Listen.Control, f.Access)
+	}
+}
+
+// TestPamcheckSection: the pamcheck: section is decoded and validated with
+// the rest of the file, and gets its package's defaults.
+func TestPamcheckSection(t *testing.T) {
+	f, err := Parse([]byte("pamcheck:\n  services: [imap]\n  state_dir: /srv/pc\n  rules:\n    - service: imap\n      require_any_module: [pam_sss.so]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.Pamcheck
+	if len(c.Services) != 1 || c.StateDir != "/srv/pc" || c.Rules[0].Type != "auth" || len(c.ModuleDirs) == 0 {
+		t.Fatalf("pamcheck = %+v", c)
+	}
+	f, err = Parse(nil)
+	if err != nil || f.Pamcheck.StateDir == "" || len(f.Pamcheck.Services) == 0 {
+		t.Fatalf("defaults: %+v %v", f.Pamcheck, err)
+	}
+}
+
+// TestBareZeroDuration: "0" means off/zero for every duration key, as the
+// documentation says (YAML reads it as an integer).
+func TestBareZeroDuration(t *testing.T) {
+	f, err := Parse([]byte("ldap:\n  mirror_refresh: 0\ncache: {ttl: 0}\nserver: {client_addr_wait: 0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.LDAP.Search.MirrorRefresh != 0 || f.Cache.TTL != 0 || f.Server.ClientAddrWait != 0 {
+		t.Fatalf("zeros: %+v %+v", f.LDAP.Search, f.Cache)
+	}
+	// Still refused where zero is not allowed, with the key's own message.
+	if _, err := Parse([]byte("ldap: {timeout: 0}\n")); err == nil || !strings.Contains(err.Error(), "ldap.timeout must be positive") {
+		t.Fatalf("timeout 0: %v", err)
+	}
+	// Other integers stay type errors: 5 is not 5s.
+	if _, err := Parse([]byte("ldap: {timeout: 5}\n")); err == nil {
+		t.Fatal("timeout: 5 accepted")
+	}
+}
+
+// TestFind: without an explicit --config, a missing default file is the
+// built-in defaults; an explicit missing file is an error.
+func TestFind(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.yaml")
+	if f, err := Find(missing, false, ""); err != nil || f.Listen.Control.Path == "" {
+		t.Fatalf("implicit missing: %v", err)
+	}
+	if _, err := Find(missing, true, ""); err == nil {
+		t.Fatal("explicit missing file accepted")
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/mailauthd/mailauthd/ldapauth"
 )
 
 // ParseSaslauthdConf reads the LDAP settings of a Cyrus saslauthd.conf
@@ -20,12 +18,13 @@ import (
 // A key whose loss would change who is let in (group checks, SASL binds,
 // client certificates, custom password comparison) is an error, not a
 // warning: dropping it silently would accept users Cyrus refused.
-func ParseSaslauthdConf(data []byte, base ldapauth.Config) (ldapauth.Config, []string, error) {
-	c := base
+func ParseSaslauthdConf(data []byte, base LDAP) (LDAP, []string, error) {
+	l := base
+	c, q := &l.Directory, &l.Search // transport and search settings
 	var warnings, errs []string
 	c.URLs = []string{"ldap://localhost/"} // Cyrus's default
-	c.Base = ""
-	c.Filter = "(uid=%u)"
+	q.Base = ""
+	q.Filter = "(uid=%u)"
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 4096), 64*1024)
 	lineno := 0
@@ -67,16 +66,16 @@ func ParseSaslauthdConf(data []byte, base ldapauth.Config) (ldapauth.Config, []s
 				bad("only LDAPv3 is supported")
 			}
 		case "ldap_search_base":
-			c.Base = val
+			q.Base = val
 		case "ldap_filter":
 			if !strings.HasPrefix(val, "(") {
 				val = "(" + val + ")" // Cyrus's libldap accepts the unparenthesised form
 			}
-			c.Filter = val
+			q.Filter = val
 		case "ldap_scope":
 			switch strings.ToLower(val) {
 			case "sub", "one", "base":
-				c.Scope = strings.ToLower(val)
+				q.Scope = strings.ToLower(val)
 			default:
 				bad("scope must be sub, one or base, not %q", val)
 			}
@@ -133,21 +132,21 @@ func ParseSaslauthdConf(data []byte, base ldapauth.Config) (ldapauth.Config, []s
 			"ldap_group_scope", "ldap_group_match_method":
 			bad("group checks are not translated automatically; express membership as an access.filters entry, e.g. (memberOf=cn=mail,ou=groups,dc=example,dc=org)")
 		case "ldap_default_realm", "ldap_default_domain":
-			c.DefaultRealm = val
+			q.DefaultRealm = val
 		default:
 			bad("unknown key (Cyrus would silently ignore it; it is probably a typo)")
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return c, warnings, fmt.Errorf("reading: %w", err)
+		return l, warnings, fmt.Errorf("reading: %w", err)
 	}
 	if c.BindDN != "" && c.BindPassword == "" {
 		errs = append(errs, "ldap_bind_dn is set without ldap_bind_pw: the search would run anonymously")
 	}
 	if len(errs) > 0 {
-		return c, warnings, errors.New(strings.Join(errs, "; "))
+		return l, warnings, errors.New(strings.Join(errs, "; "))
 	}
-	return c, warnings, nil
+	return l, warnings, nil
 }
 
 // switchOn reads a Cyrus boolean: a leading 1/y/on/t is true; anything
@@ -168,11 +167,11 @@ func (f *File) LoadSaslauthdConf(path string) error {
 	if err != nil {
 		return err
 	}
-	c, warnings, err := ParseSaslauthdConf(data, f.LDAP)
+	l, warnings, err := ParseSaslauthdConf(data, f.LDAP)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	f.LDAP = c
+	f.LDAP = l
 	for _, w := range warnings {
 		f.Warnings = append(f.Warnings, path+": "+w)
 	}

@@ -60,7 +60,7 @@ func (c *Client) Flush(ctx context.Context) error {
 // reason, so a caller that ignores the error still fails closed.
 func (c *Client) do(ctx context.Context, op string, req auth.Request) (string, auth.Verdict, error) {
 	fail := func(err error) (string, auth.Verdict, error) {
-		return "", auth.TempFailed("mailauthd daemon: " + err.Error()), err
+		return "", auth.TempFailed(auth.CauseUnavailable, "mailauthd daemon: "+err.Error()), err
 	}
 	timeout := c.Timeout
 	if timeout <= 0 {

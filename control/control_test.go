@@ -37,11 +37,11 @@ func (b *backend) decide(ctx context.Context, op string, r auth.Request) auth.Ve
 		select {
 		case <-block:
 		case <-ctx.Done():
-			return auth.TempFailed("backend: " + ctx.Err().Error())
+			return auth.TempFailed(auth.CauseUnavailable, "backend: "+ctx.Err().Error())
 		}
 	}
 	if !ok {
-		return auth.Verdict{Outcome: auth.Reject, Reason: "no such user", UserUnknown: true}
+		return auth.Rejected(auth.CauseUnknownUser, "no such user")
 	}
 	return v
 }
@@ -53,9 +53,15 @@ func (b *backend) Lookup(ctx context.Context, r auth.Request) auth.Verdict {
 	return b.decide(ctx, "lookup", r)
 }
 
-type flushingBackend struct{ *backend }
-
-func (f flushingBackend) Flush() { f.mu.Lock(); f.flushed++; f.mu.Unlock() }
+// Flush counts calls; a backend without a cache (no verdicts for "cache")
+// reports none.
+func (b *backend) Flush() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.flushed++
+	_, cached := b.verdicts["cache"]
+	return cached
+}
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -83,17 +89,19 @@ func startServer(t *testing.T, s *Server) string {
 }
 
 func TestRoundTrip(t *testing.T) {
-	accepted := auth.Accepted("uid=alice,ou=people,dc=example,dc=org", map[string][]string{
-		"homedirectory": {"/srv/mail/alice"},
-		"mailhost":      {"imap1.example.org", "imap2\texample"},
-		"empty":         {},
-	})
+	accepted := auth.Accepted("uid=alice,ou=people,dc=example,dc=org", nil)
+	accepted.Fields = []auth.Field{
+		{Key: "user", Value: "alice"},
+		{Key: "userdb_home", Value: "/srv/mail/alice"},
+		{Key: "host", Value: "imap2\texample"},
+		{Key: "empty", Value: ""},
+	}
 	b := &backend{verdicts: map[string]auth.Verdict{
 		"auth:alice":    accepted,
 		"lookup:alice":  accepted,
-		"auth:bad":      auth.Rejected("invalid credentials"),
-		"auth:down":     auth.TempFailed("ldap unreachable"),
-		"lookup:policy": auth.Rejected("host not allowed"),
+		"auth:bad":      auth.Rejected(auth.CauseWrongPassword, "invalid credentials"),
+		"auth:down":     auth.TempFailed(auth.CauseUnavailable, "ldap unreachable"),
+		"lookup:policy": auth.Rejected(auth.CausePolicy, "host not allowed"),
 	}}
 	path := startServer(t, &Server{Backend: b})
 	c := &Client{Path: path, Timeout: 5 * time.Second}
@@ -107,10 +115,10 @@ func TestRoundTrip(t *testing.T) {
 	}{
 		{"accept", OpAuth, auth.Request{User: "alice", Password: "pw", Service: "imap", Realm: "example.org", ClientAddr: "192.0.2.7"}, accepted},
 		{"lookup", OpLookup, auth.Request{User: "alice"}, accepted},
-		{"reject", OpAuth, auth.Request{User: "bad", Password: "x"}, auth.Rejected("invalid credentials")},
-		{"tempfail", OpAuth, auth.Request{User: "down", Password: "x"}, auth.TempFailed("ldap unreachable")},
-		{"unknown", OpLookup, auth.Request{User: "nobody"}, auth.Verdict{Outcome: auth.Reject, Reason: "no such user", UserUnknown: true}},
-		{"policy", OpLookup, auth.Request{User: "policy"}, auth.Rejected("host not allowed")},
+		{"reject", OpAuth, auth.Request{User: "bad", Password: "x"}, auth.Rejected(auth.CauseWrongPassword, "invalid credentials")},
+		{"tempfail", OpAuth, auth.Request{User: "down", Password: "x"}, auth.TempFailed(auth.CauseUnavailable, "ldap unreachable")},
+		{"unknown", OpLookup, auth.Request{User: "nobody"}, auth.Rejected(auth.CauseUnknownUser, "no such user")},
+		{"policy", OpLookup, auth.Request{User: "policy"}, auth.Rejected(auth.CausePolicy, "host not allowed")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -124,7 +132,7 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(normalize(got), normalize(tt.want)) {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
@@ -141,16 +149,6 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
-// normalize treats a nil and an empty value list alike.
-func normalize(v auth.Verdict) auth.Verdict {
-	for k, vals := range v.Attributes {
-		if len(vals) == 0 {
-			v.Attributes[k] = []string{}
-		}
-	}
-	return v
-}
-
 func TestFlush(t *testing.T) {
 	b := &backend{}
 	path := startServer(t, &Server{Backend: b})
@@ -158,7 +156,7 @@ func TestFlush(t *testing.T) {
 	if err := c.Flush(context.Background()); err == nil || !strings.Contains(err.Error(), "no cache") {
 		t.Fatalf("flush without a cache: err = %v", err)
 	}
-	fb := flushingBackend{&backend{}}
+	fb := &backend{verdicts: map[string]auth.Verdict{"cache": {}}}
 	path = startServer(t, &Server{Backend: fb})
 	c = &Client{Path: path}
 	if err := c.Flush(context.Background()); err != nil {
@@ -308,7 +306,8 @@ func TestBadRequestsAreDropped(t *testing.T) {
 	saslauthd := []byte("\x00\x05alice\x00\x02pw\x00\x04imap\x00\x00")
 	for name, msg := range map[string][]byte{
 		"field too long": long, "unknown op": badOp, "saslauthd request": saslauthd,
-		"truncated": []byte("\x00\x04MAC1\x00\x04au"),
+		"truncated":          []byte("\x00\x04MAC2\x00\x04au"),
+		"protocol version 1": []byte("\x00\x04MAC1\x00\x04auth\x00\x01u\x00\x01p\x00\x00\x00\x00\x00\x00"),
 	} {
 		if out := send(msg); len(out) != 0 {
 			t.Errorf("%s: got reply %q, want the connection closed", name, out)
@@ -365,9 +364,11 @@ func TestShutdownWaitsThenCancels(t *testing.T) {
 }
 
 func FuzzReadVerdict(f *testing.F) {
-	good, _ := appendVerdict(nil, "accept", auth.Accepted("dn", map[string][]string{"a": {"1", "2"}}))
+	v := auth.Accepted("dn", nil)
+	v.Fields = []auth.Field{{Key: "user", Value: "a"}, {Key: "proxy", Value: "y"}}
+	good, _ := appendVerdict(nil, "accept", v)
 	f.Add(good)
-	f.Add([]byte("\x00\x04MAC1\x00\x06reject"))
+	f.Add([]byte("\x00\x04MAC2\x00\x06reject\x00\x0cunknown_user"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		outcome, v, err := readVerdict(io.LimitReader(bytes.NewReader(b), MaxReplySize))
 		if err != nil {

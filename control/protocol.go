@@ -1,21 +1,24 @@
 // Package control is mailauthd's private Unix-socket protocol between the
-// daemon and its own helpers: "mailauthd checkpassword" asks the running
-// daemon for the LDAP decision (sharing its connection pool and cache
-// instead of dialing LDAP once per Dovecot login), and "mailauthd cache
-// flush" empties the daemon's cache.
+// daemon and its helpers: "mailauthd checkpassword", the Dovecot Lua
+// script and "mailauthd pam" ask the running daemon for the decision
+// (sharing its connection pool, cache and throttling instead of dialing
+// LDAP once per login), and "mailauthd cache flush" empties the daemon's
+// cache.
 //
 // Wire format: one request per connection. Every item is a counted string
 // (2-byte big-endian length, then the bytes), the framing of the Cyrus
-// saslauthd protocol. It is written here rather than imported from package
-// saslauthd so that the two protocols can evolve apart.
+// saslauthd protocol (Lua 5.4: string.pack(">s2", s)). It is written here
+// rather than imported from package saslauthd so that the two protocols can
+// evolve apart.
 //
-//	request:  "MAC1" op user password service realm client-addr
-//	reply:    "MAC1" outcome reason unknown dn n-attrs
-//	          { name n-values { value } }
+//	request:  "MAC2" op user password service realm client-addr
+//	reply:    "MAC2" outcome cause reason dn n-fields { key value }
 //
 // op is "auth", "lookup" or "flush". outcome is "accept", "reject",
-// "tempfail" (auth, lookup) or "ok", "error" (flush). unknown is "1" when a
-// reject means "no such user". Counts are decimal.
+// "tempfail" (auth, lookup) or "ok", "error" (flush). cause is the
+// verdict's auth.Cause name ("unknown_user", "wrong_password", "policy",
+// ...; empty on accept). The fields of an accept are Dovecot's passdb and
+// userdb fields, "user" first, mapped by the daemon. Counts are decimal.
 package control
 
 import (
@@ -23,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"strconv"
 
 	"github.com/mailauthd/mailauthd/auth"
@@ -31,7 +33,7 @@ import (
 
 // magic starts every request and reply, so a client talking to the wrong
 // socket (a saslauthd mux) fails clearly instead of misreading a reply.
-const magic = "MAC1"
+const magic = "MAC2"
 
 // Ops.
 const (
@@ -47,10 +49,9 @@ const (
 	// MaxReplySize bounds a whole reply; a verdict is a DN and a handful of
 	// attributes.
 	MaxReplySize = 64 << 10
-	// MaxAttributes and MaxValues bound the attribute part of a reply.
-	MaxAttributes = 128
-	MaxValues     = 128
-	maxCounted    = 0xFFFF
+	// MaxFields bounds the fields of a reply.
+	MaxFields  = 128
+	maxCounted = 0xFFFF
 )
 
 var (
@@ -131,54 +132,34 @@ func readRequest(r io.Reader, maxField int) (request, error) {
 	return request{Op: f[1], Req: auth.Request{User: f[2], Password: f[3], Service: f[4], Realm: f[5], ClientAddr: f[6]}}, nil
 }
 
-func outcomeString(o auth.Outcome) string {
-	switch o {
-	case auth.Accept:
-		return "accept"
-	case auth.TempFail:
-		return "tempfail"
-	default:
-		return "reject"
+// causes maps the names on the wire back to causes.
+var causes = func() map[string]auth.Cause {
+	m := map[string]auth.Cause{}
+	for c := auth.CauseNone; c <= auth.CauseInternal; c++ {
+		m[c.String()] = c
 	}
-}
+	return m
+}()
 
-// appendVerdict encodes v. Attribute names are sent sorted so a reply is
-// deterministic. A verdict that does not fit the limits is an error; the
+// appendVerdict encodes v with the outcome word (v's outcome, or the
+// flush answer). A verdict that does not fit the limits is an error; the
 // server then answers tempfail rather than a cut-down verdict.
 func appendVerdict(dst []byte, outcome string, v auth.Verdict) ([]byte, error) {
-	unknown := "0"
-	if v.UserUnknown {
-		unknown = "1"
+	if len(v.Fields) > MaxFields {
+		return dst, fmt.Errorf("%d fields > %d: %w", len(v.Fields), MaxFields, ErrFieldTooLong)
 	}
-	if len(v.Attributes) > MaxAttributes {
-		return dst, fmt.Errorf("%d attributes > %d: %w", len(v.Attributes), MaxAttributes, ErrFieldTooLong)
-	}
-	names := make([]string, 0, len(v.Attributes))
-	for k := range v.Attributes {
-		names = append(names, k)
-	}
-	sort.Strings(names)
 	var err error
-	for _, s := range []string{magic, outcome, v.Reason, unknown, v.DN, strconv.Itoa(len(names))} {
+	for _, s := range []string{magic, outcome, v.Cause.String(), v.Reason, v.DN, strconv.Itoa(len(v.Fields))} {
 		if dst, err = appendCounted(dst, s); err != nil {
 			return dst, err
 		}
 	}
-	for _, k := range names {
-		vals := v.Attributes[k]
-		if len(vals) > MaxValues {
-			return dst, fmt.Errorf("attribute %s: %d values > %d: %w", k, len(vals), MaxValues, ErrFieldTooLong)
-		}
-		if dst, err = appendCounted(dst, k); err != nil {
+	for _, f := range v.Fields {
+		if dst, err = appendCounted(dst, f.Key); err != nil {
 			return dst, err
 		}
-		if dst, err = appendCounted(dst, strconv.Itoa(len(vals))); err != nil {
+		if dst, err = appendCounted(dst, f.Value); err != nil {
 			return dst, err
-		}
-		for _, val := range vals {
-			if dst, err = appendCounted(dst, val); err != nil {
-				return dst, err
-			}
 		}
 	}
 	if len(dst) > MaxReplySize {
@@ -201,7 +182,7 @@ func readVerdict(r io.Reader) (string, auth.Verdict, error) {
 			return "", auth.Verdict{}, fmt.Errorf("%w: bad magic in reply", ErrProtocol)
 		}
 	}
-	v := auth.Verdict{Reason: head[2], DN: head[4]}
+	v := auth.Verdict{Reason: head[3], DN: head[4]}
 	switch head[1] {
 	case "accept":
 		v.Outcome = auth.Accept
@@ -214,45 +195,28 @@ func readVerdict(r io.Reader) (string, auth.Verdict, error) {
 	default:
 		return "", auth.Verdict{}, fmt.Errorf("%w: unknown outcome %q", ErrProtocol, head[1])
 	}
-	switch head[3] {
-	case "0":
-	case "1":
-		v.UserUnknown = true
-	default:
-		return "", auth.Verdict{}, fmt.Errorf("%w: bad unknown flag %q", ErrProtocol, head[3])
+	c, ok := causes[head[2]]
+	if !ok {
+		return "", auth.Verdict{}, fmt.Errorf("%w: unknown cause %q", ErrProtocol, head[2])
 	}
-	n, err := parseCount(head[5], MaxAttributes)
+	v.Cause = c
+	n, err := parseCount(head[5], MaxFields)
 	if err != nil {
 		return "", auth.Verdict{}, err
 	}
 	if n > 0 {
-		v.Attributes = make(map[string][]string, n)
+		v.Fields = make([]auth.Field, 0, n)
 	}
 	for range n {
-		name, err := readCounted(r, maxCounted)
+		k, err := readCounted(r, maxCounted)
 		if err != nil {
 			return "", auth.Verdict{}, err
 		}
-		cs, err := readCounted(r, 8)
+		val, err := readCounted(r, maxCounted)
 		if err != nil {
 			return "", auth.Verdict{}, err
 		}
-		nv, err := parseCount(cs, MaxValues)
-		if err != nil {
-			return "", auth.Verdict{}, err
-		}
-		vals := make([]string, 0, nv)
-		for range nv {
-			s, err := readCounted(r, maxCounted)
-			if err != nil {
-				return "", auth.Verdict{}, err
-			}
-			vals = append(vals, s)
-		}
-		if _, dup := v.Attributes[name]; dup {
-			return "", auth.Verdict{}, fmt.Errorf("%w: attribute %q twice", ErrProtocol, name)
-		}
-		v.Attributes[name] = vals
+		v.Fields = append(v.Fields, auth.Field{Key: k, Value: val})
 	}
 	return head[1], v, nil
 }

@@ -11,16 +11,13 @@ import (
 	"github.com/mailauthd/mailauthd/auth"
 )
 
-// Backend is the decision the daemon shares: ldapauth.Authenticator, or the
-// cache in front of it.
+// Backend is the decision the daemon shares with its helpers; an Accept
+// carries the Dovecot fields (daemon.WithFields).
 type Backend interface {
-	Authenticate(ctx context.Context, req auth.Request) auth.Verdict
-	Lookup(ctx context.Context, req auth.Request) auth.Verdict
-}
-
-// Flusher is implemented by backends with a cache; op "flush" calls it.
-type Flusher interface {
-	Flush()
+	auth.Authenticator
+	auth.Looker
+	// Flush empties the cache; false when there is none.
+	Flush() bool
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -178,7 +175,7 @@ func (s *Server) refuseBusy(c net.Conn) {
 	defer s.untrack(c)
 	c.SetDeadline(time.Now().Add(s.ioTimeout()))
 	s.logger().Warn("control: refused a request", "reason", "busy", "max_connections", cap(s.sem))
-	if b, err := appendVerdict(nil, "tempfail", auth.TempFailed("mailauthd busy")); err == nil {
+	if b, err := appendVerdict(nil, "tempfail", auth.TempFailed(auth.CauseUnavailable, "mailauthd busy")); err == nil {
 		c.Write(b)
 	}
 	// Take the request before closing: closing a Unix socket with unread
@@ -214,10 +211,7 @@ func (s *Server) serveConn(c net.Conn) {
 	switch r.Op {
 	case OpFlush:
 		outcome, reason := "ok", "flushed"
-		if f, ok := s.Backend.(Flusher); ok {
-			f.Flush()
-			s.logger().Info("control: cache flushed")
-		} else {
+		if !s.Backend.Flush() {
 			outcome, reason = "error", "no cache configured"
 		}
 		reply, err = appendVerdict(nil, outcome, auth.Verdict{Reason: reason})
@@ -229,10 +223,10 @@ func (s *Server) serveConn(c net.Conn) {
 			r.Req.Password = ""
 			v = s.Backend.Lookup(ctx, r.Req)
 		}
-		reply, err = appendVerdict(nil, outcomeString(v.Outcome), v)
+		reply, err = appendVerdict(nil, v.Outcome.String(), v)
 		if err != nil {
 			s.logger().Warn("control: verdict too large; answering tempfail", "user", r.Req.User, "err", err)
-			reply, err = appendVerdict(nil, "tempfail", auth.TempFailed("verdict too large"))
+			reply, err = appendVerdict(nil, "tempfail", auth.TempFailed(auth.CauseInternal, "verdict too large"))
 		}
 	}
 	r.Req.Password = ""

@@ -2,22 +2,13 @@ package ldapauth
 
 import "time"
 
-// Config is the LDAP part of the configuration (YAML key "ldap").
+// Config is the search part of the ldap: section; the transport part
+// (URLs, TLS, service account, timeouts, pool) is directory.Config.
 type Config struct {
-	URLs             []string      `yaml:"urls"`                     // tried in order; failover to the next on dial/IO errors
-	StartTLS         bool          `yaml:"start_tls"`                // upgrade ldap:// connections; refused certificate = no connection
-	CAFile           string        `yaml:"ca_file"`                  // PEM bundle; empty = system roots
-	InsecureSkipTLS  bool          `yaml:"tls_insecure_skip_verify"` // off by default; logged loudly when on
-	BindDN           string        `yaml:"bind_dn"`                  // empty = anonymous search
-	BindPassword     string        `yaml:"-"`                        // read from BindPasswordFile, or from saslauthd.conf's ldap_bind_pw
-	BindPasswordFile string        `yaml:"bind_password_file"`       // first line, trailing newline stripped
-	Base             string        `yaml:"base"`                     // search base; may hold filter tokens (%d, %r, ...), DN-escaped
-	Scope            string        `yaml:"scope"`                    // sub | one | base
-	Filter           string        `yaml:"filter"`                   // default (uid=%u); tokens %u %U %d %1-%9 %r %R %s %% (Cyrus lak.c), values filter-escaped; must use %u or %U
-	DefaultRealm     string        `yaml:"default_realm"`            // used for %r when the request has no realm
-	Timeout          time.Duration `yaml:"timeout"`                  // bound on every dial and every LDAP operation; default 5s
-	PoolSize         int           `yaml:"pool_size"`                // default 8; max_conns defaults to 4*pool_size; every healthy connection is kept for reuse
-	MaxConns         int           `yaml:"max_conns"`                // connections in use at once per role; default 4*pool_size; more requests wait (bounded by timeout)
+	Base         string `yaml:"base"`          // search base; may hold filter tokens (%d, %r, ...), DN-escaped
+	Scope        string `yaml:"scope"`         // sub | one | base
+	Filter       string `yaml:"filter"`        // default (uid=%u); tokens %u %U %d %1-%9 %r %R %s %% (Cyrus lak.c), values filter-escaped; must use %u or %U
+	DefaultRealm string `yaml:"default_realm"` // used for %r when the request has no realm
 	// Attributes are extra attributes fetched with the user (e.g. for Dovecot
 	// field mapping). They come back in Verdict.Attributes.
 	Attributes []string `yaml:"attributes"`

@@ -128,30 +128,6 @@ func requestValues(req auth.Request, defaultRealm string) tokenValues {
 	return tokenValues{user: req.User, realm: req.Realm, service: req.Service}
 }
 
-// ExpandFilter expands an LDAP filter template for req with Cyrus saslauthd
-// (lak.c) token semantics; every value is escaped with ldap.EscapeFilter, so
-// a value can never add filter structure. See tokenValues for the tokens;
-// %h and %D are refused here (they exist only in access filters).
-func ExpandFilter(tmpl string, req auth.Request, defaultRealm string) (string, error) {
-	v := requestValues(req, defaultRealm)
-	b, err := expand(make([]byte, 0, len(tmpl)+32), tmpl, &v, ldap.EscapeFilter)
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
-}
-
-// ExpandBase expands a search base template; values are DN-escaped
-// (ldap.EscapeDN, RFC 4514).
-func ExpandBase(tmpl string, req auth.Request, defaultRealm string) (string, error) {
-	v := requestValues(req, defaultRealm)
-	b, err := expand(make([]byte, 0, len(tmpl)+32), tmpl, &v, ldap.EscapeDN)
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
-}
-
 // checkTemplate validates a template's syntax with placeholder values, and
 // for filters that the result compiles.
 func checkTemplate(tmpl string, access, isFilter bool) error {

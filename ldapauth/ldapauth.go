@@ -1,8 +1,8 @@
-// Package ldapauth decides logins against LDAP: search the user (service
-// account or anonymous), bind as the entry found, then apply host, service
-// and extra-filter access rules. Every doubt fails closed: LDAP errors and
-// timeouts are TempFail, never Accept; only "invalid credentials" from the
-// server is a wrong password.
+// Package ldapauth is the decision: search the user (through package
+// directory's transport, as the service account or anonymously), bind as
+// the entry found, then apply host, service and extra-filter access rules.
+// Every doubt fails closed: LDAP errors and timeouts are TempFail, never
+// Accept; only "invalid credentials" from the server is a wrong password.
 package ldapauth
 
 import (
@@ -13,11 +13,10 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"github.com/go-ldap/ldap/v3"
 	"github.com/mailauthd/mailauthd/auth"
-	"github.com/mailauthd/mailauthd/mirror"
+	"github.com/mailauthd/mailauthd/directory"
 )
 
 // Input limits: far above real logins, low enough to bound the work.
@@ -26,39 +25,38 @@ const (
 	maxPasswordLen = 4096
 )
 
+// Directory is the transport the decision runs on (*directory.Directory).
+type Directory interface {
+	Search(ctx context.Context, r *directory.SearchRequest) (*ldap.SearchResult, string, error)
+	Bind(ctx context.Context, dn, password string) (directory.BindResult, error)
+	// Identity says how searches are made ("as cn=...", "anonymously").
+	Identity() string
+}
+
+// Mirror is the optional local copy of user entries (*mirror.Mirror).
+type Mirror interface {
+	// Lookup returns the entry the search for login would find, or false
+	// when the copy is not sure.
+	Lookup(login string) (*ldap.Entry, bool)
+}
+
 // Authenticator is safe for concurrent use.
 type Authenticator struct {
 	cfg    Config
 	access AccessConfig
 	log    *slog.Logger
+	dir    Directory
+	mirror Mirror // nil unless ldap.mirror_refresh > 0
 
-	servers       []*server
-	search, bind  *pool
 	hostnames     []string
 	scope         int
-	attrs         []string // fetched with the user: host, service, cfg.Attributes
+	attrs         []string        // fetched with the user: host, service, cfg.Attributes
+	fetched       map[string]bool // attrs, lower-cased
 	baseHasTokens bool
-	closed        atomic.Bool
-	mirror        *mirror.Mirror // nil unless ldap.mirror_refresh > 0
 }
 
 var _ auth.Authenticator = (*Authenticator)(nil)
-
-// Hostnames are the names host values are matched against.
-func (a *Authenticator) Hostnames() []string { return append([]string(nil), a.hostnames...) }
-
-// Close closes idle connections; requests after Close fail with TempFail.
-func (a *Authenticator) Close() error {
-	a.closed.Store(true)
-	if a.mirror != nil {
-		a.mirror.Close()
-	}
-	a.search.drain()
-	a.bind.drain()
-	return nil
-}
-
-const reasonAmbiguous = "ambiguous: several entries"
+var _ auth.Looker = (*Authenticator)(nil)
 
 type mode int
 
@@ -108,7 +106,7 @@ type decision struct {
 func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex *explainer) auth.Verdict {
 	d := decision{user: req.User, service: req.Service}
 	v := a.decideInner(ctx, req, m, ex, &d)
-	if v.Outcome == auth.Reject && v.Reason == reasonAmbiguous {
+	if v.Cause == auth.CauseAmbiguous {
 		a.log.Warn("ldap: login matches several entries", "user", d.user, "detail", d.detail)
 	}
 	if a.log.Enabled(ctx, slog.LevelDebug) {
@@ -124,30 +122,28 @@ func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex
 	return v
 }
 
-func unknownUser() auth.Verdict {
-	return auth.Verdict{Outcome: auth.Reject, Reason: "unknown user", UserUnknown: true}
-}
+func unknownUser() auth.Verdict { return auth.Rejected(auth.CauseUnknownUser, "unknown user") }
 
-func (a *Authenticator) unavailable(err error) auth.Verdict {
-	switch {
-	case errors.Is(err, errBusy):
-		return auth.TempFailed("ldap unavailable: all connections busy")
-	case errors.Is(err, errClosed):
-		return auth.TempFailed("ldap unavailable: shutting down")
-	case errors.Is(err, errServiceBind):
-		return auth.TempFailed("ldap unavailable: service account bind refused")
-	case isCertError(err):
-		return auth.TempFailed("ldap unavailable: server certificate not trusted")
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return auth.TempFailed("ldap unavailable: timeout")
-	case strings.Contains(err.Error(), "timed out") || strings.Contains(err.Error(), "i/o timeout"):
-		return auth.TempFailed("ldap unavailable: timeout")
-	}
+// unavailable turns a transport error into a TempFail whose reason names
+// the kind of failure.
+func unavailable(err error) auth.Verdict {
+	why := "connection failed"
 	var le *ldap.Error
-	if errors.As(err, &le) && le.ResultCode != ldap.ErrorNetwork && le.ResultCode < ldap.ErrorNetwork {
-		return auth.TempFailed("ldap unavailable: result " + strconv.Itoa(int(le.ResultCode)))
+	switch {
+	case errors.Is(err, directory.ErrBusy):
+		why = "all connections busy"
+	case errors.Is(err, directory.ErrClosed):
+		why = "shutting down"
+	case errors.Is(err, directory.ErrServiceBind):
+		why = "service account bind refused"
+	case directory.IsCertificate(err):
+		why = "server certificate not trusted"
+	case errors.Is(err, directory.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		why = "timeout"
+	case errors.As(err, &le) && le.ResultCode < ldap.ErrorNetwork:
+		why = "result " + strconv.Itoa(int(le.ResultCode))
 	}
-	return auth.TempFailed("ldap unavailable: connection failed")
+	return auth.TempFailed(auth.CauseUnavailable, "ldap unavailable: "+why)
 }
 
 func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision) auth.Verdict {
@@ -155,27 +151,24 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	// never reach a bind: RFC 4513 makes it an unauthenticated bind, which
 	// servers may answer with success.
 	if req.User == "" {
-		return auth.Rejected("empty user")
+		return auth.Rejected(auth.CauseInvalid, "empty user")
 	}
 	if len(req.User) > maxUserLen || len(req.Realm) > maxUserLen || len(req.Service) > maxUserLen {
-		return auth.Rejected("user too long")
+		return auth.Rejected(auth.CauseInvalid, "user too long")
 	}
 	if strings.IndexByte(req.User, 0) >= 0 || strings.IndexByte(req.Realm, 0) >= 0 || strings.IndexByte(req.Service, 0) >= 0 {
-		return auth.Rejected("invalid user")
+		return auth.Rejected(auth.CauseInvalid, "invalid user")
 	}
 	if m == modeAuth {
 		if req.Password == "" {
-			return auth.Rejected("empty password")
+			return auth.Rejected(auth.CauseInvalid, "empty password")
 		}
 		if len(req.Password) > maxPasswordLen {
-			return auth.Rejected("password too long")
+			return auth.Rejected(auth.CauseInvalid, "password too long")
 		}
 		if strings.IndexByte(req.Password, 0) >= 0 {
-			return auth.Rejected("invalid password")
+			return auth.Rejected(auth.CauseInvalid, "invalid password")
 		}
-	}
-	if a.closed.Load() {
-		return a.unavailable(errClosed)
 	}
 
 	tv := requestValues(req, a.cfg.DefaultRealm)
@@ -204,7 +197,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	if m == modeAuth && !a.baseHasTokens {
 		if me := a.mirrored(&tv); me != nil {
 			ex.step("user found in the local mirror: %s", me.DN)
-			_, err := a.do(ctx, a.bind, func(c *conn) error { return c.wc.bind(me.DN, req.Password) })
+			_, err := a.dir.Bind(ctx, me.DN, req.Password)
 			switch {
 			case err == nil:
 				entry = me
@@ -217,7 +210,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 			default:
 				d.detail = "bind: " + err.Error()
 				ex.step("password: could not check (bind failed: %v)", err)
-				return a.unavailable(err)
+				return unavailable(err)
 			}
 			if entry == nil {
 				v, searched := a.searchAndBind(ctx, req, m, ex, d, base, filter, me.DN)
@@ -244,7 +237,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 // password is wrong without a second bind. It returns the entry, or nil and
 // the verdict to give.
 func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision, base, filter, refusedDN string) (auth.Verdict, *ldap.Entry) {
-	srv, res, err := a.searchLDAP(ctx, base, a.scope, 2, filter, a.attrs)
+	res, srv, err := a.dir.Search(ctx, &directory.SearchRequest{Base: base, Scope: a.scope, SizeLimit: 2, Filter: filter, Attributes: a.attrs})
 	n := 0
 	if res != nil {
 		n = len(res.Entries)
@@ -260,9 +253,9 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 	default:
 		d.detail = "search: " + err.Error()
 		ex.step("LDAP search failed: %v", err)
-		return a.unavailable(err), nil
+		return unavailable(err), nil
 	}
-	ex.step("LDAP reachable: %s (search %s)", srv.url, a.searchIdentity())
+	ex.step("LDAP reachable: %s (search %s)", srv, a.dir.Identity())
 	if n == 0 {
 		d.detail = "no entry for " + filter
 		ex.step("user not found: filter %s under %s", filter, base)
@@ -271,7 +264,7 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 	if n > 1 {
 		d.detail = strconv.Itoa(n) + "+ entries for " + filter
 		ex.step("ambiguous: %d or more entries match %s under %s: refused", n, filter, base)
-		return auth.Rejected(reasonAmbiguous), nil
+		return auth.Rejected(auth.CauseAmbiguous, "ambiguous: several entries"), nil
 	}
 	entry := res.Entries[0]
 	d.dn = entry.DN
@@ -281,21 +274,21 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 	if m == modeAuth && refusedDN != "" && entry.DN == refusedDN {
 		d.detail = "invalid credentials"
 		ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
-		return auth.Rejected("wrong password"), nil
+		return auth.Rejected(auth.CauseWrongPassword, "wrong password"), nil
 	}
 	if m == modeAuth {
-		bsrv, err := a.do(ctx, a.bind, func(c *conn) error { return c.wc.bind(entry.DN, req.Password) })
+		br, err := a.dir.Bind(ctx, entry.DN, req.Password)
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
 				d.detail = "invalid credentials"
 				ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
-				return auth.Rejected("wrong password"), nil
+				return auth.Rejected(auth.CauseWrongPassword, "wrong password"), nil
 			}
 			d.detail = "bind: " + err.Error()
 			ex.step("password: could not check (bind failed: %v)", err)
-			return a.unavailable(err), nil
+			return unavailable(err), nil
 		}
-		ex.step("password: ok (bind as user on %s)", bsrv.url)
+		ex.step("password: ok (bind as user on %s)", br.Server)
 	}
 	return auth.Verdict{}, entry
 }
@@ -309,11 +302,11 @@ func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *e
 		if len(vals) == 0 && a.access.AllowMissingHost {
 			ex.step("host rule: no %s value, allowed (allow_missing_host)", a.access.HostAttribute)
 		} else {
-			ok, why := MatchHost(vals, a.hostnames)
+			ok, why := matchRule(vals, a.hostnames)
 			ex.step("host rule: %s %v against this host %v: %s", a.access.HostAttribute, vals, a.hostnames, why)
 			if !ok {
 				d.detail = "host: " + why
-				return auth.Rejected("host not allowed: " + why)
+				return auth.Rejected(auth.CausePolicy, "host not allowed: "+why)
 			}
 		}
 	} else {
@@ -321,11 +314,11 @@ func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *e
 	}
 	if a.access.ServiceAttribute != "" {
 		vals := entry.GetEqualFoldAttributeValues(a.access.ServiceAttribute)
-		ok, why := MatchHost(vals, []string{req.Service})
+		ok, why := matchRule(vals, []string{req.Service})
 		ex.step("service rule: %s %v against service %q: %s", a.access.ServiceAttribute, vals, req.Service, why)
 		if !ok {
 			d.detail = "service: " + why
-			return auth.Rejected("service not allowed: " + why)
+			return auth.Rejected(auth.CausePolicy, "service not allowed: "+why)
 		}
 	} else {
 		ex.step("service rule: off")
@@ -343,9 +336,16 @@ func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *e
 		}
 	}
 
-	attrs := make(map[string][]string, len(entry.Attributes))
+	// Only the attributes the search asks for, so a verdict is the same
+	// whether the entry came from a search or from the mirror (which also
+	// keeps the login attribute).
+	attrs := make(map[string][]string, len(a.attrs))
 	for _, at := range entry.Attributes {
-		attrs[strings.ToLower(at.Name)] = at.Values
+		name := strings.ToLower(at.Name)
+		base, _, _ := strings.Cut(name, ";")
+		if a.fetched[base] {
+			attrs[name] = at.Values
+		}
 	}
 	d.detail = "ok"
 	return auth.Accepted(entry.DN, attrs)
@@ -358,19 +358,19 @@ func (a *Authenticator) checkFilter(ctx context.Context, i int, tmpl string, tv 
 	if err != nil {
 		d.detail = "access filter " + tmpl + ": " + err.Error()
 		ex.step("filter %d %s: %v: refused", i+1, tmpl, err)
-		return auth.Rejected("access filter not matched: " + tmpl), false
+		return auth.Rejected(auth.CausePolicy, "access filter not matched: "+tmpl), false
 	}
 	f := string(fb)
-	_, res, err := a.searchLDAP(ctx, tv.dn, ldap.ScopeBaseObject, 1, f, noAttributes)
+	res, _, err := a.dir.Search(ctx, &directory.SearchRequest{Base: tv.dn, Scope: ldap.ScopeBaseObject, SizeLimit: 1, Filter: f, Attributes: noAttributes})
 	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
 		d.detail = "access filter search: " + err.Error()
 		ex.step("filter %d %s: search failed: %v", i+1, f, err)
-		return a.unavailable(err), false
+		return unavailable(err), false
 	}
 	if err != nil || res == nil || len(res.Entries) != 1 {
 		d.detail = "access filter not matched: " + f
 		ex.step("filter %d %s: no match: refused", i+1, f)
-		return auth.Rejected("access filter not matched: " + tmpl), false
+		return auth.Rejected(auth.CausePolicy, "access filter not matched: "+tmpl), false
 	}
 	ex.step("filter %d %s: ok", i+1, f)
 	return auth.Verdict{}, true
@@ -378,36 +378,3 @@ func (a *Authenticator) checkFilter(ctx context.Context, i int, tmpl string, tv 
 
 // noAttributes asks for the DN only (RFC 4511 4.5.1.8).
 var noAttributes = []string{"1.1"}
-
-// searchLDAP runs one search on a search-role connection.
-func (a *Authenticator) searchLDAP(ctx context.Context, base string, scope int, sizeLimit int32, filter string, attrs []string) (*server, *ldap.SearchResult, error) {
-	f, err := ldap.CompileFilter(filter)
-	if err != nil { // the templates are checked at start; escaped values cannot break them
-		return nil, nil, err
-	}
-	r := searchRequest{base: base, scope: scope, sizeLimit: sizeLimit, timeLimit: a.timeLimit(),
-		filter: f.Bytes(), attrs: attrs}
-	var res *ldap.SearchResult
-	srv, err := a.do(ctx, a.search, func(c *conn) error {
-		var err error
-		res, err = c.wc.search(&r)
-		return err
-	})
-	return srv, res, err
-}
-
-// timeLimit is the server-side search time limit in whole seconds (>= 1).
-func (a *Authenticator) timeLimit() int32 {
-	s := int32((a.cfg.Timeout + 999_999_999) / 1_000_000_000)
-	if s < 1 {
-		s = 1
-	}
-	return s
-}
-
-func (a *Authenticator) searchIdentity() string {
-	if a.cfg.BindDN == "" {
-		return "anonymously"
-	}
-	return "as " + a.cfg.BindDN
-}

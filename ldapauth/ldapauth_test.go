@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/directory"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 	"github.com/mailauthd/mailauthd/ldapauth"
 )
@@ -21,8 +22,20 @@ import (
 // depend on where the tests run.
 var testHostnames = []string{"mail.example.org", "mail"}
 
-func baseConfig(urls ...string) (ldapauth.Config, ldapauth.AccessConfig) {
-	cfg := ldapauth.DefaultConfig()
+// testConfig is the ldap: section as the tests edit it: the transport
+// settings (URLs, Timeout, ...) and the search settings (Base, Filter, ...)
+// side by side.
+type (
+	dirConfig    = directory.Config
+	searchConfig = ldapauth.Config
+	testConfig   struct {
+		dirConfig
+		searchConfig
+	}
+)
+
+func baseConfig(urls ...string) (testConfig, ldapauth.AccessConfig) {
+	cfg := testConfig{directory.DefaultConfig(), ldapauth.DefaultConfig()}
 	cfg.URLs = urls
 	cfg.Base = slapdtest.PeopleDN
 	cfg.Timeout = 2 * time.Second
@@ -31,14 +44,28 @@ func baseConfig(urls ...string) (ldapauth.Config, ldapauth.AccessConfig) {
 	return cfg, access
 }
 
-func newAuth(t testing.TB, cfg ldapauth.Config, access ldapauth.AccessConfig) *ldapauth.Authenticator {
+// newAuth builds the decision on a directory of its own; the transport is
+// closed when the test ends.
+func newAuth(t testing.TB, cfg testConfig, access ldapauth.AccessConfig) *ldapauth.Authenticator {
 	t.Helper()
-	a, err := ldapauth.New(cfg, access, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	a, dir := newAuthDir(t, cfg, access)
+	t.Cleanup(func() { dir.Close() })
+	return a
+}
+
+func newAuthDir(t testing.TB, cfg testConfig, access ldapauth.AccessConfig) (*ldapauth.Authenticator, *directory.Directory) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	dir, err := directory.New(cfg.dirConfig, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
-	return a
+	a, err := ldapauth.New(dir, cfg.searchConfig, access, nil, log)
+	if err != nil {
+		dir.Close()
+		t.Fatal(err)
+	}
+	return a, dir
 }
 
 // testWriter sends log lines to t.Log (shown only on failure or -v).
@@ -58,8 +85,8 @@ type want struct {
 
 func check(t *testing.T, name string, v auth.Verdict, w want) {
 	t.Helper()
-	if v.Outcome != w.outcome || !strings.Contains(v.Reason, w.reason) || v.UserUnknown != w.userUnknown {
-		t.Errorf("%s: got %v %q unknown=%v, want %v %q unknown=%v", name, v.Outcome, v.Reason, v.UserUnknown, w.outcome, w.reason, w.userUnknown)
+	if v.Outcome != w.outcome || !strings.Contains(v.Reason, w.reason) || v.UserUnknown() != w.userUnknown {
+		t.Errorf("%s: got %v %q unknown=%v, want %v %q unknown=%v", name, v.Outcome, v.Reason, v.UserUnknown(), w.outcome, w.reason, w.userUnknown)
 	}
 }
 
@@ -450,40 +477,6 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 }
 
-func BenchmarkAuthenticate(b *testing.B) {
-	s := slapdtest.Start(b, slapdtest.WithUsers(100))
-	cfg, access := baseConfig(s.URL())
-	a, err := ldapauth.New(cfg, access, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer a.Close()
-	benchLogins(b, a)
-}
-
-// benchLogins measures logins of the 100 generated users, all accepted,
-// from parallel goroutines.
-func benchLogins(b *testing.B, a *ldapauth.Authenticator) {
-	ctx := context.Background()
-	reqs := make([]auth.Request, 100)
-	for i := range reqs {
-		reqs[i] = auth.Request{User: "user" + strconv.Itoa(i), Password: slapdtest.GeneratedUserPassword(i), Service: "imap"}
-	}
-	b.ReportAllocs()
-	defer reportCPU(b)()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			if v := a.Authenticate(ctx, reqs[i%len(reqs)]); v.Outcome != auth.Accept {
-				b.Errorf("%s: %v %q", reqs[i%len(reqs)].User, v.Outcome, v.Reason)
-				return
-			}
-			i++
-		}
-	})
-}
-
 func TestCloseAndExplainLookup(t *testing.T) {
 	s := slapdtest.Start(t)
 	cfg, access := baseConfig(s.URL())
@@ -502,7 +495,8 @@ func TestCloseAndExplainLookup(t *testing.T) {
 		t.Errorf("lookup claims a password check:\n%s", b.String())
 	}
 
+	a, dir := newAuthDir(t, cfg, access)
 	check(t, "before close", a.Authenticate(ctx, auth.Request{User: "alice", Password: "alicepw"}), want{outcome: auth.Accept, reason: "ok"})
-	a.Close()
+	dir.Close()
 	check(t, "after close", a.Authenticate(ctx, auth.Request{User: "alice", Password: "alicepw"}), want{auth.TempFail, "shutting down", false})
 }

@@ -2,9 +2,10 @@ package ldapauth
 
 import "strings"
 
-// MatchHost applies the host-attribute rules (SSSD / pam_ldap semantics
-// without SSSD's hostname-first quirk) to an entry's values and this
-// machine's names:
+// matchRule applies the host- and service-attribute rules (SSSD / pam_ldap
+// semantics without SSSD's hostname-first quirk) to an entry's values and
+// the names they are matched against (this machine's names, or the
+// request's service):
 //
 //   - no values: not allowed (the caller decides about AllowMissingHost);
 //   - "!name" equal (case-insensitively) to ANY of names denies, whatever
@@ -13,8 +14,7 @@ import "strings"
 //   - nothing matching denies. No globs: "*.example.org" matches nothing.
 //
 // why is a short explanation naming the deciding value.
-// The same rules apply to the service attribute with names = [service].
-func MatchHost(values []string, names []string) (ok bool, why string) {
+func matchRule(values []string, names []string) (ok bool, why string) {
 	if len(values) == 0 {
 		return false, "no value"
 	}

@@ -1,9 +1,7 @@
 package ldapauth
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -11,100 +9,40 @@ import (
 	"github.com/mailauthd/mailauthd/mirror"
 )
 
-// startMirror sets up the optional local copy of user entries
-// (ldap.mirror_refresh > 0), so that an authentication is one bind instead
-// of a search and a bind. It does not contact LDAP here: the first load
-// runs in the background, and until it succeeds every login searches.
-func (a *Authenticator) startMirror() error {
-	if a.cfg.MirrorRefresh == 0 {
-		return nil
-	}
-	if a.cfg.MirrorRefresh < 10*time.Second {
-		return fmt.Errorf("ldap.mirror_refresh: %v is too short (at least 10s, or 0 for off): each refresh reads the whole directory", a.cfg.MirrorRefresh)
-	}
-	if len(a.access.Filters) > 0 {
-		return fmt.Errorf("ldap.mirror_refresh: cannot be combined with access.filters (they need a search per login)")
-	}
-	attrs := a.attrs
-	m, err := mirror.New(mirror.Config{
-		Base: a.cfg.Base, Scope: a.scope, Filter: a.cfg.Filter, Attributes: attrs,
-		Refresh: a.cfg.MirrorRefresh,
-	}, a.mirrorDial, a.log)
-	if err != nil {
-		return fmt.Errorf("ldap.mirror_refresh: %w", err)
-	}
-	a.mirror = m
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.MirrorRefresh/2+a.cfg.Timeout)
-		defer cancel()
-		if err := m.Start(ctx); err != nil {
-			a.log.Warn("ldap mirror: first load failed; logins search until it succeeds", "err", err)
-		}
-	}()
-	return nil
-}
+// MinMirrorRefresh is the shortest ldap.mirror_refresh: each periodic
+// refresh reads the whole user subtree.
+const MinMirrorRefresh = 10 * time.Second
 
-// mirrorDial gives the mirror its own service-account connection (not one
-// from the pool: a refresh is long and would hold a slot).
-func (a *Authenticator) mirrorDial(ctx context.Context) (mirror.Searcher, func(), error) {
-	lc, nc, err := a.dialMirror(ctx)
+// MirrorConfig says what the mirror must copy for this search
+// (ldap.mirror_refresh > 0): the same base, scope and filter, and the
+// attributes the decision reads. It refuses settings the mirror cannot
+// answer for: access filters (a search per login anyway) and a refresh
+// under MinMirrorRefresh. ok is false when the mirror is off.
+func MirrorConfig(cfg Config, access AccessConfig) (mc mirror.Config, ok bool, err error) {
+	if cfg.MirrorRefresh == 0 {
+		return mc, false, nil
+	}
+	if cfg.MirrorRefresh < MinMirrorRefresh {
+		return mc, false, fmt.Errorf("ldap.mirror_refresh: %v is too short (at least %v, or 0 for off): each refresh reads the whole directory", cfg.MirrorRefresh, MinMirrorRefresh)
+	}
+	if len(access.Filters) > 0 {
+		return mc, false, fmt.Errorf("ldap.mirror_refresh: cannot be combined with access.filters (they need a search per login)")
+	}
+	scope, err := parseScope(cfg.Scope)
 	if err != nil {
-		return nil, nil, err
+		return mc, false, err
 	}
-	// A sync session's ctx has no deadline: its connection lives until the
-	// mirror cancels ctx (it bounds each phase itself and probes the
-	// connection every second). A Refresh's ctx has one: keep to it.
-	if _, ok := ctx.Deadline(); ok {
-		nc.SetDeadline(opDeadline(ctx, a.cfg.MirrorRefresh))
+	if cfg.Filter == "" {
+		cfg.Filter = DefaultFilter
 	}
-	// Close (or a reload) cancels ctx: end a refresh in flight at once.
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(longAgo) })
-	return lc, func() { stop(); lc.Close() }, nil
-}
-
-// dialMirror connects a go-ldap client bound as the service account, on the
-// first server that answers, in the order dial uses. The mirror's searches
-// (paged, or an RFC 4533 session) need go-ldap's asynchronous reader.
-func (a *Authenticator) dialMirror(ctx context.Context) (*ldap.Conn, net.Conn, error) {
-	var lc *ldap.Conn
-	var nc net.Conn
-	err := a.eachServer(ctx, "mirror", func(s *server) error {
-		var err error
-		lc, nc, err = a.dialGoLDAP(ctx, s)
-		return err
-	})
-	return lc, nc, err
-}
-
-// dialGoLDAP connects to s like dialServer does for the search role, but
-// with a go-ldap client.
-func (a *Authenticator) dialGoLDAP(ctx context.Context, s *server) (*ldap.Conn, net.Conn, error) {
-	nc, err := a.connect(ctx, s)
+	attrs, err := searchAttributes(cfg, access)
 	if err != nil {
-		return nil, nil, err
+		return mc, false, err
 	}
-	lc := ldap.NewConn(nc, s.ldaps)
-	lc.Start()
-	if s.tls != nil && !s.ldaps {
-		if err := lc.StartTLS(s.tls); err != nil {
-			lc.Close()
-			return nil, nil, fmt.Errorf("StartTLS: %w", err)
-		}
+	if len(attrs) == 1 && attrs[0] == "1.1" {
+		attrs = nil
 	}
-	if a.cfg.BindDN != "" {
-		if err := lc.Bind(a.cfg.BindDN, a.cfg.BindPassword); err != nil {
-			lc.Close()
-			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
-				return nil, nil, fmt.Errorf("%w (%s)", errServiceBind, a.cfg.BindDN)
-			}
-			return nil, nil, err
-		}
-	}
-	if err := nc.SetDeadline(time.Time{}); err != nil {
-		lc.Close()
-		return nil, nil, err
-	}
-	return lc, nc, nil
+	return mirror.Config{Base: cfg.Base, Scope: scope, Filter: cfg.Filter, Attributes: attrs, Refresh: cfg.MirrorRefresh}, true, nil
 }
 
 // mirrored returns the user's entry from the mirror, or nil when the
@@ -119,7 +57,3 @@ func (a *Authenticator) mirrored(tv *tokenValues) *ldap.Entry {
 	}
 	return e
 }
-
-// Mirror returns the local copy of user entries, nil when it is off; for
-// status reports.
-func (a *Authenticator) Mirror() *mirror.Mirror { return a.mirror }

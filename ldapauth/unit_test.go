@@ -3,7 +3,6 @@ package ldapauth
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +10,20 @@ import (
 	"github.com/go-ldap/ldap/v3"
 	"github.com/mailauthd/mailauthd/auth"
 )
+
+// expandFilter and expandBase expand a template for req as the decision
+// does: every value escaped for its context.
+func expandFilter(tmpl string, req auth.Request, defaultRealm string) (string, error) {
+	v := requestValues(req, defaultRealm)
+	b, err := expand(nil, tmpl, &v, ldap.EscapeFilter)
+	return string(b), err
+}
+
+func expandBase(tmpl string, req auth.Request, defaultRealm string) (string, error) {
+	v := requestValues(req, defaultRealm)
+	b, err := expand(nil, tmpl, &v, ldap.EscapeDN)
+	return string(b), err
+}
 
 func TestExpandFilter(t *testing.T) {
 	for _, tc := range []struct {
@@ -48,21 +61,21 @@ func TestExpandFilter(t *testing.T) {
 		{"(host=%h)", auth.Request{User: "bob"}, "", "", "only allowed in access filters"},
 		{"(member=%D)", auth.Request{User: "bob"}, "", "", "only allowed in access filters"},
 	} {
-		got, err := ExpandFilter(tc.tmpl, tc.req, tc.defaultRealm)
+		got, err := expandFilter(tc.tmpl, tc.req, tc.defaultRealm)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("ExpandFilter(%q, %+v): err %v, want %q", tc.tmpl, tc.req, err, tc.err)
+				t.Errorf("expandFilter(%q, %+v): err %v, want %q", tc.tmpl, tc.req, err, tc.err)
 			}
 			continue
 		}
 		if err != nil || got != tc.want {
-			t.Errorf("ExpandFilter(%q, %+v) = %q, %v; want %q", tc.tmpl, tc.req, got, err, tc.want)
+			t.Errorf("expandFilter(%q, %+v) = %q, %v; want %q", tc.tmpl, tc.req, got, err, tc.want)
 		}
 	}
 }
 
 func TestExpandBaseAndAccessTokens(t *testing.T) {
-	got, err := ExpandBase("ou=%d,dc=example,dc=org", auth.Request{User: "bob", Realm: `a,b+c`}, "")
+	got, err := expandBase("ou=%d,dc=example,dc=org", auth.Request{User: "bob", Realm: `a,b+c`}, "")
 	if err != nil || got != `ou=a\,b\+c,dc=example,dc=org` {
 		t.Errorf("ExpandBase = %q, %v", got, err)
 	}
@@ -71,7 +84,7 @@ func TestExpandBaseAndAccessTokens(t *testing.T) {
 	if err != nil || string(b) != `(&(host=mail.example.org)(member=cn=x\2ay,dc=example,dc=org))` {
 		t.Errorf("access filter = %q, %v", b, err)
 	}
-	if !errors.Is(func() error { _, err := ExpandFilter("(r=%r)", auth.Request{User: "u"}, ""); return err }(), ErrNoValue) {
+	if !errors.Is(func() error { _, err := expandFilter("(r=%r)", auth.Request{User: "u"}, ""); return err }(), ErrNoValue) {
 		t.Error("missing realm is not ErrNoValue")
 	}
 }
@@ -94,17 +107,17 @@ func FuzzExpandFilter(f *testing.F) {
 	f.Add("%", "\x00", "\\", "")
 	f.Fuzz(func(t *testing.T, tmpl, user, realm, service string) {
 		req := auth.Request{User: user, Realm: realm, Service: service}
-		got, err := ExpandFilter(tmpl, req, "default.example")
+		got, err := expandFilter(tmpl, req, "default.example")
 		if err != nil {
 			return
 		}
 		// Values can never add filter structure: every ( ) * in the result
 		// comes from the template itself.
 		if structure(got) != structure(tmpl) {
-			t.Fatalf("ExpandFilter(%q, %q) = %q: values changed the filter structure", tmpl, user, got)
+			t.Fatalf("expandFilter(%q, %q) = %q: values changed the filter structure", tmpl, user, got)
 		}
 		if strings.Count(got, "\x00") != strings.Count(tmpl, "\x00") {
-			t.Fatalf("ExpandFilter(%q, %q) = %q: a value added a NUL", tmpl, user, got)
+			t.Fatalf("expandFilter(%q, %q) = %q: a value added a NUL", tmpl, user, got)
 		}
 		if tmpl == "(uid=%u)" {
 			if _, err := ldap.CompileFilter(got); err != nil {
@@ -114,7 +127,7 @@ func FuzzExpandFilter(f *testing.F) {
 	})
 }
 
-func TestMatchHost(t *testing.T) {
+func TestMatchRule(t *testing.T) {
 	names := []string{"mail.example.org", "mail"}
 	for _, tc := range []struct {
 		values []string
@@ -141,29 +154,29 @@ func TestMatchHost(t *testing.T) {
 		{[]string{"", "!"}, false, "no value matches"},
 		{[]string{" mail"}, false, "no value matches"},
 	} {
-		ok, why := MatchHost(tc.values, names)
+		ok, why := matchRule(tc.values, names)
 		if ok != tc.ok || why != tc.why {
-			t.Errorf("MatchHost(%q) = %v %q, want %v %q", tc.values, ok, why, tc.ok, tc.why)
+			t.Errorf("matchRule(%q) = %v %q, want %v %q", tc.values, ok, why, tc.ok, tc.why)
 		}
 	}
 	// Service rule: the same function against the request's service.
-	if ok, _ := MatchHost([]string{"smtp"}, []string{"imap"}); ok {
+	if ok, _ := matchRule([]string{"smtp"}, []string{"imap"}); ok {
 		t.Error("service smtp allowed imap")
 	}
-	if ok, _ := MatchHost([]string{"IMAP"}, []string{"imap"}); !ok {
+	if ok, _ := matchRule([]string{"IMAP"}, []string{"imap"}); !ok {
 		t.Error("service IMAP refused imap")
 	}
-	if ok, _ := MatchHost([]string{"smtp"}, []string{""}); ok {
+	if ok, _ := matchRule([]string{"smtp"}, []string{""}); ok {
 		t.Error("empty service allowed")
 	}
 }
 
-func BenchmarkMatchHost(b *testing.B) {
+func BenchmarkMatchRule(b *testing.B) {
 	values := []string{"other1.example.org", "other2.example.org", "!old.example.org", "MAIL.EXAMPLE.ORG"}
 	names := []string{"mail.example.org", "mail"}
 	b.ReportAllocs()
 	for b.Loop() {
-		if ok, _ := MatchHost(values, names); !ok {
+		if ok, _ := matchRule(values, names); !ok {
 			b.Fatal("no match")
 		}
 	}
@@ -173,24 +186,15 @@ func BenchmarkExpandFilter(b *testing.B) {
 	req := auth.Request{User: "alice@example.org", Service: "imap"}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ExpandFilter("(&(uid=%U)(mail=%u@%d))", req, ""); err != nil {
+		if _, err := expandFilter("(&(uid=%U)(mail=%u@%d))", req, ""); err != nil {
 			b.Fatal(err)
 		}
 	}
 }
 
 func TestConfigErrors(t *testing.T) {
-	dir := t.TempDir()
-	pw := filepath.Join(dir, "pw")
-	os.WriteFile(pw, []byte("secret\n"), 0o600)
-	emptyPw := filepath.Join(dir, "empty")
-	os.WriteFile(emptyPw, []byte("\n"), 0o600)
-	notPEM := filepath.Join(dir, "ca.pem")
-	os.WriteFile(notPEM, []byte("hello"), 0o600)
-
 	good := func() (Config, AccessConfig) {
 		c := DefaultConfig()
-		c.URLs = []string{"ldap://127.0.0.1:1"}
 		c.Base = "ou=people,dc=example,dc=org"
 		a := DefaultAccessConfig()
 		a.Hostnames = []string{"mail.example.org"}
@@ -202,26 +206,11 @@ func TestConfigErrors(t *testing.T) {
 		err    string // "" = valid
 	}{
 		{"valid", func(*Config, *AccessConfig) {}, ""},
-		{"valid with password file and tokens", func(c *Config, a *AccessConfig) {
-			c.BindDN, c.BindPasswordFile, c.Base = "cn=svc,dc=example,dc=org", pw, "ou=%d,dc=example,dc=org"
+		{"valid with tokens", func(c *Config, a *AccessConfig) {
+			c.Base = "ou=%d,dc=example,dc=org"
 			c.Filter = "(&(uid=%U)(mail=%u@%d))"
 			a.Filters = []string{"(host=%h)", "(!(member=%D))"}
 		}, ""},
-		{"no urls", func(c *Config, _ *AccessConfig) { c.URLs = nil }, "ldap.urls: at least one"},
-		{"bad scheme", func(c *Config, _ *AccessConfig) { c.URLs = []string{"ldapi:///run/slapd"} }, "scheme must be"},
-		{"url with path", func(c *Config, _ *AccessConfig) { c.URLs = []string{"ldap://h/dc=x"} }, "want scheme://host"},
-		{"ldaps and starttls", func(c *Config, _ *AccessConfig) { c.URLs = []string{"ldaps://h"}; c.StartTLS = true }, "one or the other"},
-		{"missing ca file", func(c *Config, _ *AccessConfig) { c.CAFile = filepath.Join(dir, "nope") }, "ldap.ca_file"},
-		{"ca file not pem", func(c *Config, _ *AccessConfig) { c.CAFile = notPEM }, "no PEM certificate"},
-		{"bind dn without password", func(c *Config, _ *AccessConfig) { c.BindDN = "cn=svc,dc=example,dc=org" }, "bind password is empty"},
-		{"empty password file", func(c *Config, _ *AccessConfig) {
-			c.BindDN, c.BindPasswordFile = "cn=svc,dc=example,dc=org", emptyPw
-		}, "first line is empty"},
-		{"password and file", func(c *Config, _ *AccessConfig) {
-			c.BindDN, c.BindPasswordFile, c.BindPassword = "cn=svc,dc=example,dc=org", pw, "x"
-		}, "keep one"},
-		{"password without dn", func(c *Config, _ *AccessConfig) { c.BindPassword = "x" }, "without ldap.bind_dn"},
-		{"bad bind dn", func(c *Config, _ *AccessConfig) { c.BindDN, c.BindPassword = "not a dn", "x" }, "ldap.bind_dn"},
 		{"no base", func(c *Config, _ *AccessConfig) { c.Base = "" }, "ldap.base: required"},
 		{"bad base", func(c *Config, _ *AccessConfig) { c.Base = "people" }, "not a valid DN"},
 		{"bad scope", func(c *Config, _ *AccessConfig) { c.Scope = "tree" }, "ldap.scope"},
@@ -230,9 +219,6 @@ func TestConfigErrors(t *testing.T) {
 		{"filter without user", func(c *Config, _ *AccessConfig) { c.Filter = "(objectClass=person)" }, "must contain %u or %U"},
 		{"filter with %%u only", func(c *Config, _ *AccessConfig) { c.Filter = "(uid=%%u)" }, "must contain %u or %U"},
 		{"%h in user filter", func(c *Config, _ *AccessConfig) { c.Filter = "(&(uid=%u)(host=%h))" }, "only allowed in access filters"},
-		{"negative timeout", func(c *Config, _ *AccessConfig) { c.Timeout = -time.Second }, "ldap.timeout"},
-		{"huge pool", func(c *Config, _ *AccessConfig) { c.PoolSize = 5000 }, "ldap.pool_size"},
-		{"max conns below pool", func(c *Config, _ *AccessConfig) { c.MaxConns = 2 }, "ldap.max_conns"},
 		{"userPassword attribute", func(c *Config, _ *AccessConfig) { c.Attributes = []string{"homeDirectory", "userPassword"} }, "userPassword must never be fetched"},
 		{"bad attribute", func(c *Config, _ *AccessConfig) { c.Attributes = []string{"home dir"} }, "not an attribute name"},
 		{"bad host attribute", func(_ *Config, a *AccessConfig) { a.HostAttribute = "host(" }, "access.host_attribute"},
@@ -242,38 +228,53 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		c, a := good()
 		tc.mutate(&c, &a)
-		au, err := New(c, a, nil)
+		_, err := New(nil, c, a, nil, nil)
 		if tc.err == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.name, err)
-			} else {
-				au.Close()
 			}
 			continue
 		}
 		if err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
 		}
-		if err != nil && strings.Contains(err.Error(), "secret") {
-			t.Errorf("%s: error shows the bind password: %v", tc.name, err)
-		}
+	}
+}
+
+func TestMirrorConfig(t *testing.T) {
+	c := DefaultConfig()
+	c.Base = "ou=people,dc=example,dc=org"
+	a := DefaultAccessConfig()
+	if _, on, err := MirrorConfig(c, a); on || err != nil {
+		t.Fatalf("off by default: %v %v", on, err)
+	}
+	c.MirrorRefresh = time.Minute
+	c.Attributes = []string{"mailHost"}
+	mc, on, err := MirrorConfig(c, a)
+	if !on || err != nil || mc.Base != c.Base || mc.Filter != DefaultFilter || mc.Scope != ldap.ScopeWholeSubtree ||
+		strings.Join(mc.Attributes, ",") != "host,mailHost" {
+		t.Fatalf("MirrorConfig = %+v %v %v", mc, on, err)
+	}
+	c.MirrorRefresh = time.Second
+	if _, _, err := MirrorConfig(c, a); err == nil || !strings.Contains(err.Error(), "too short") {
+		t.Errorf("1s refresh: %v", err)
+	}
+	c.MirrorRefresh = time.Minute
+	a.Filters = []string{"(!(employeeType=disabled))"}
+	if _, _, err := MirrorConfig(c, a); err == nil || !strings.Contains(err.Error(), "access.filters") {
+		t.Errorf("with access filters: %v", err)
 	}
 }
 
 func TestDefaultsAndHostnames(t *testing.T) {
 	c := DefaultConfig()
-	c.URLs = []string{"ldap://127.0.0.1:1"}
 	c.Base = "dc=example,dc=org"
-	a, err := New(c, DefaultAccessConfig(), nil) // hostnames from this machine
+	a, err := New(nil, c, DefaultAccessConfig(), nil, nil) // hostnames from this machine
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
 	h, _ := os.Hostname()
-	if names := a.Hostnames(); len(names) == 0 || names[0] != strings.ToLower(h) {
-		t.Errorf("Hostnames() = %v, want first %q", names, h)
-	}
-	if a.cfg.Timeout != DefaultTimeout || a.cfg.PoolSize != DefaultPoolSize || a.cfg.MaxConns != 4*DefaultPoolSize {
-		t.Errorf("defaults not applied: %+v", a.cfg)
+	if names := a.hostnames; len(names) == 0 || names[0] != strings.ToLower(h) {
+		t.Errorf("hostnames = %v, want first %q", names, h)
 	}
 }

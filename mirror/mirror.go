@@ -442,32 +442,35 @@ func (m *Mirror) Lookup(login string) (e *ldap.Entry, ok bool) {
 	return e, ok
 }
 
-// Len is the number of logins the mirror answers for.
-func (m *Mirror) Len() int {
-	if s := m.snap.Load(); s != nil {
-		if s.live != nil {
-			return s.live.logins()
-		}
-		return len(s.byValue)
-	}
-	return 0
+// Status is what the mirror holds, for health reports and metrics.
+type Status struct {
+	Loaded  bool          // a snapshot or a sync session's index is in place
+	Syncing bool          // a sync session keeps it current (RFC 4533)
+	Logins  int           // logins it answers for
+	Age     time.Duration // since the last refresh, or the last proof the sync session is current
 }
 
-// Age is how old the current snapshot is (for a sync session: since the
-// last proof it was current); -1 before the first load.
-func (m *Mirror) Age() time.Duration {
-	if s := m.snap.Load(); s != nil {
-		if s.live != nil {
-			return m.now().Sub(time.Unix(0, s.live.alive.Load()))
-		}
-		return m.now().Sub(s.at)
-	}
-	return -1
-}
-
-// Syncing reports whether a sync session currently keeps the mirror
-// current (for status reports and tests).
-func (m *Mirror) Syncing() bool {
+// Status reports what the mirror holds now.
+func (m *Mirror) Status() Status {
 	s := m.snap.Load()
-	return s != nil && s.live != nil && !s.live.dead.Load()
+	if s == nil {
+		return Status{}
+	}
+	if x := s.live; x != nil {
+		return Status{Loaded: true, Syncing: !x.dead.Load(), Logins: x.logins(),
+			Age: m.now().Sub(time.Unix(0, x.alive.Load()))}
+	}
+	return Status{Loaded: true, Logins: len(s.byValue), Age: m.now().Sub(s.at)}
+}
+
+// ConnDialer adapts a function that dials go-ldap connections (package
+// directory's DialGoLDAP) to a Dialer.
+func ConnDialer(dial func(ctx context.Context) (*ldap.Conn, func(), error)) Dialer {
+	return func(ctx context.Context) (Searcher, func(), error) {
+		lc, release, err := dial(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return lc, release, nil
+	}
 }

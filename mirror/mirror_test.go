@@ -240,11 +240,11 @@ func TestAgainstSlapd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if m.Syncing() {
+	if m.Status().Syncing {
 		t.Fatal("sync session against a server without syncprov")
 	}
-	if m.Len() < n {
-		t.Fatalf("mirror holds %d logins, want at least %d (paging?)", m.Len(), n)
+	if m.Status().Logins < n {
+		t.Fatalf("mirror holds %d logins, want at least %d (paging?)", m.Status().Logins, n)
 	}
 	for i := 0; i < n; i += 37 {
 		login := "user" + strconv.Itoa(i)
@@ -260,8 +260,8 @@ func TestAgainstSlapd(t *testing.T) {
 	if _, ok := m.Lookup("user" + strconv.Itoa(n)); ok {
 		t.Fatal("a user that does not exist was answered")
 	}
-	if m.Age() < 0 || m.Age() > time.Minute {
-		t.Fatalf("age %v", m.Age())
+	if m.Status().Age < 0 || m.Status().Age > time.Minute {
+		t.Fatalf("age %v", m.Status().Age)
 	}
 }
 

@@ -117,11 +117,11 @@ func TestSyncAgainstSlapd(t *testing.T) {
 			m.Close()
 		}
 	}()
-	if !m.Syncing() {
+	if !m.Status().Syncing {
 		t.Fatal("no sync session against a server with syncprov")
 	}
-	if m.Len() < n {
-		t.Fatalf("mirror holds %d logins, want at least %d", m.Len(), n)
+	if m.Status().Logins < n {
+		t.Fatalf("mirror holds %d logins, want at least %d", m.Status().Logins, n)
 	}
 	host := func(login string) string {
 		e, ok := m.Lookup(login)
@@ -213,7 +213,7 @@ func TestSyncAgainstSlapd(t *testing.T) {
 	s.Stop()
 	took := eventually(t, bound, "slapd stopped", func() bool { return host("user3") == "(miss)" })
 	t.Logf("stopped server noticed after %v", took)
-	if m.Syncing() {
+	if m.Status().Syncing {
 		t.Fatal("Syncing after the server died")
 	}
 	time.Sleep(500 * time.Millisecond) // a reconnect or two fails

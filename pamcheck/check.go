@@ -135,7 +135,7 @@ func contains(l []string, s string) bool {
 // Check compares sys with snap (nil: no snapshot, only the lint and rules
 // apply) and returns the findings, most severe first.
 func Check(sys *System, snap *Snapshot, cfg Config) []Finding {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	c := &collector{byKey: map[string]*Finding{}}
 	names := watchList(cfg)
 	if snap != nil {

@@ -40,7 +40,7 @@ func copyTree(t *testing.T, src string) string {
 var testCfg = Config{
 	Services: []string{"imap", "smtp", "pop3", "sieve"},
 	StateDir: "/var/lib/mailauthd/pamcheck",
-}.withDefaults()
+}.WithDefaults()
 
 func snapshotTree(t *testing.T, root string) (*System, *Snapshot, string) {
 	t.Helper()
@@ -265,30 +265,5 @@ func TestRulesWithoutSnapshot(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("rule did not notice pam_sss.so is gone")
-	}
-}
-
-func TestConfig(t *testing.T) {
-	c, err := ParseConfig([]byte("listen: x\nldap: {uri: ldap://h}\npamcheck:\n  services: [imap]\n  state_dir: /srv/pc\n  rules:\n    - service: imap\n      require_any_module: [pam_sss.so]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(c.Services) != 1 || c.StateDir != "/srv/pc" || c.Rules[0].Type != TypeAuth || len(c.ModuleDirs) == 0 {
-		t.Fatalf("config %+v", c)
-	}
-	for _, bad := range []string{
-		"pamcheck:\n  servics: [imap]\n",
-		"pamcheck:\n  services: [../x]\n",
-		"pamcheck:\n  state_dir: relative\n",
-		"pamcheck:\n  rules:\n    - service: imap\n",
-		"pamcheck:\n  rules:\n    - service: imap\n      type: login\n      require_any_module: [a]\n",
-		"pamcheck: [",
-	} {
-		if _, err := ParseConfig([]byte(bad)); err == nil {
-			t.Errorf("accepted %q", bad)
-		}
-	}
-	if c, err := LoadConfig(filepath.Join(t.TempDir(), "missing.yaml")); err != nil || c.StateDir != DefaultStateDir {
-		t.Fatalf("missing file: %+v %v", c, err)
 	}
 }

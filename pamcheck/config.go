@@ -1,15 +1,9 @@
 package pamcheck
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"runtime"
 	"strings"
-
-	"gopkg.in/yaml.v3"
 )
 
 // DefaultServices are the PAM services mail software uses.
@@ -63,8 +57,9 @@ func DefaultModuleDirs() []string {
 	return append(dirs, "/lib/security", "/lib64/security", "/usr/lib64/security", "/usr/lib/security")
 }
 
-// withDefaults fills unset fields.
-func (c Config) withDefaults() Config {
+// WithDefaults fills unset fields: the section's defaults, applied by the
+// configuration reader after decoding.
+func (c Config) WithDefaults() Config {
 	if len(c.Services) == 0 {
 		c.Services = append([]string(nil), DefaultServices...)
 	}
@@ -118,59 +113,4 @@ func (c Config) Validate() error {
 
 func validServiceName(s string) bool {
 	return s != "" && s != "." && s != ".." && len(s) <= 255 && !strings.ContainsAny(s, "/\x00 \t\n")
-}
-
-// maxConfigSize bounds the YAML file we read.
-const maxConfigSize = 1 << 20
-
-// LoadConfig reads the pamcheck: section of a mailauthd YAML file. A missing
-// file means defaults; any other problem, including an unknown key inside the
-// section, is an error.
-func LoadConfig(path string) (Config, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return Config{}.withDefaults(), nil
-	}
-	if err != nil {
-		return Config{}, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
-	if err != nil {
-		return Config{}, err
-	}
-	if len(data) > maxConfigSize {
-		return Config{}, fmt.Errorf("%s: larger than %d bytes", path, maxConfigSize)
-	}
-	c, err := ParseConfig(data)
-	if err != nil {
-		return Config{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
-}
-
-// ParseConfig decodes the pamcheck: key of a YAML document, ignoring the other
-// top-level keys (they belong to other parts of mailauthd).
-func ParseConfig(data []byte) (Config, error) {
-	var doc map[string]yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return Config{}, err
-	}
-	var c Config
-	if node, ok := doc["pamcheck"]; ok {
-		// Re-encode the section so KnownFields applies to it alone.
-		raw, err := yaml.Marshal(&node)
-		if err != nil {
-			return Config{}, err
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(raw))
-		dec.KnownFields(true)
-		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-			return Config{}, fmt.Errorf("pamcheck: %w", err)
-		}
-	}
-	if err := c.Validate(); err != nil {
-		return Config{}, err
-	}
-	return c.withDefaults(), nil
 }

@@ -72,7 +72,7 @@ func watchList(cfg Config) []string {
 
 // TakeSnapshot records the watched services of sys.
 func TakeSnapshot(sys *System, cfg Config, now time.Time) (*Snapshot, error) {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	snap := &Snapshot{
 		Version: snapshotVersion, Created: now.UTC(),
 		ConfDirs: sys.ConfDirs, ModuleDirs: sys.ModuleDirs,

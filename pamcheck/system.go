@@ -29,7 +29,7 @@ type System struct {
 
 // NewSystem returns a System for cfg's directories below root.
 func NewSystem(root string, cfg Config) *System {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	return &System{Root: root, ConfDirs: cfg.ConfDirs, ModuleDirs: cfg.ModuleDirs}
 }
 

@@ -37,14 +37,14 @@ func TestCyrusTestsaslauthd(t *testing.T) {
 	bin := testsaslauthdPath(t)
 	var mu sync.Mutex
 	var got []auth.Request
-	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		mu.Lock()
 		got = append(got, req)
 		mu.Unlock()
 		if req.User == "alice" && req.Password == "correct horse" && req.Service == "smtp" && req.Realm == "example.org" {
 			return auth.Accepted("uid=alice,ou=people,dc=example,dc=org", nil)
 		}
-		return auth.Rejected("invalid credentials")
+		return auth.Rejected(auth.CausePolicy, "invalid credentials")
 	})}
 	path, _ := startServer(t, srv)
 

@@ -127,11 +127,11 @@ func BenchmarkServe(b *testing.B) {
 
 func benchServe(b *testing.B, conc int, level slog.Level) {
 	srv := &Server{
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			if req.User == "alice" && req.Password == "correct horse" {
 				return auth.Accepted("uid=alice,ou=people,dc=example,dc=org", nil)
 			}
-			return auth.Rejected("invalid credentials")
+			return auth.Rejected(auth.CausePolicy, "invalid credentials")
 		}),
 		// As the daemon logs: JSON, one line per decision when at info.
 		Logger: slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: level})),

@@ -16,13 +16,6 @@ import (
 	"github.com/mailauthd/mailauthd/auth"
 )
 
-// Authenticator decides one request. It must be safe for concurrent use and
-// should honour ctx; the server answers NO when ctx ends even if it does not.
-// auth.Authenticator implementations satisfy it.
-type Authenticator interface {
-	Authenticate(ctx context.Context, req auth.Request) auth.Verdict
-}
-
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("saslauthd: server closed")
 
@@ -32,7 +25,7 @@ const (
 	DefaultWriteTimeout   = 5 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
 	DefaultDrainTimeout   = 500 * time.Millisecond
-	DefaultMaxConns       = 128
+	DefaultMaxConns       = 256
 )
 
 // maxDrain bounds what a client may still send after its reply.
@@ -41,7 +34,10 @@ const maxDrain = 64 << 10
 // Server answers saslauthd requests on any number of listeners. Set the
 // fields before the first Serve; zero values mean the defaults.
 type Server struct {
-	Authenticator Authenticator
+	// Authenticator decides each request. It must be safe for concurrent
+	// use and should honour ctx; the server answers NO when ctx ends even
+	// if it does not.
+	Authenticator auth.Authenticator
 	Logger        *slog.Logger // nil: slog.Default()
 
 	// ReadTimeout bounds reading the whole request from when it is accepted.
@@ -469,7 +465,7 @@ func (s *Server) callAuthenticator(ctx context.Context, req auth.Request) (v aut
 			}
 			s.logger().Error("saslauthd: authenticator panicked", "user", req.User,
 				"service", req.Service, "panic", msg, "stack", string(debug.Stack()))
-			v, panicked = auth.TempFailed("internal error"), true
+			v, panicked = auth.TempFailed(auth.CauseInternal, "internal error"), true
 		}
 	}()
 	return s.Authenticator.Authenticate(ctx, req), false

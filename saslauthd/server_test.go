@@ -19,13 +19,6 @@ import (
 	"github.com/mailauthd/mailauthd/auth"
 )
 
-// authFunc adapts a function to Authenticator for tests.
-type authFunc func(ctx context.Context, req auth.Request) auth.Verdict
-
-func (f authFunc) Authenticate(ctx context.Context, req auth.Request) auth.Verdict {
-	return f(ctx, req)
-}
-
 // safeBuffer collects log output from many goroutines.
 type safeBuffer struct {
 	mu sync.Mutex
@@ -86,22 +79,22 @@ const secret = "hunter2-Secret!" // must never show up in logs
 func TestServerDecisions(t *testing.T) {
 	var mu sync.Mutex
 	var got []auth.Request
-	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		mu.Lock()
 		got = append(got, req)
 		mu.Unlock()
 		if _, ok := ctx.Deadline(); !ok {
-			return auth.Rejected("no deadline on context")
+			return auth.Rejected(auth.CausePolicy, "no deadline on context")
 		}
 		switch req.User {
 		case "alice":
 			return auth.Accepted("uid=alice", nil)
 		case "down":
-			return auth.TempFailed("directory unavailable")
+			return auth.TempFailed(auth.CauseUnavailable, "directory unavailable")
 		case "quiet":
 			return auth.Verdict{Outcome: auth.Reject}
 		}
-		return auth.Rejected("invalid credentials")
+		return auth.Rejected(auth.CausePolicy, "invalid credentials")
 	})}
 	path, logs := startServer(t, srv)
 
@@ -180,7 +173,7 @@ func rawExchange(t *testing.T, path string, msg []byte) (string, error) {
 
 func TestServerMalformed(t *testing.T) {
 	var calls atomic.Int32
-	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		calls.Add(1)
 		return auth.Accepted("", nil)
 	})}
@@ -242,7 +235,7 @@ func TestServerSlowClientCutWhileOthersServed(t *testing.T) {
 	srv := &Server{
 		ReadTimeout: 300 * time.Millisecond,
 		MaxConns:    4,
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			return auth.Accepted("", nil)
 		}),
 	}
@@ -279,7 +272,7 @@ func TestServerMaxConns(t *testing.T) {
 	var running, peak atomic.Int32
 	srv := &Server{
 		MaxConns: 2,
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			n := running.Add(1)
 			defer running.Add(-1)
 			for {
@@ -336,7 +329,7 @@ func TestServerRequestTimeoutHoldsSlot(t *testing.T) {
 	srv := &Server{
 		MaxConns:       1,
 		RequestTimeout: 100 * time.Millisecond,
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			if calls.Add(1) == 1 {
 				<-release // ignores ctx: a misbehaving backend
 			}
@@ -369,7 +362,7 @@ func TestServerRequestTimeoutHoldsSlot(t *testing.T) {
 }
 
 func TestServerPanicRecovered(t *testing.T) {
-	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		if req.User == "boom" {
 			panic("cannot handle request " + req.User + "/" + req.Password)
 		}
@@ -397,7 +390,7 @@ func TestServerShutdownDrainsInFlight(t *testing.T) {
 	started := make(chan struct{})
 	release := make(chan struct{})
 	srv := &Server{
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			close(started)
 			<-release
 			return auth.Accepted("", nil)
@@ -452,10 +445,10 @@ func TestServerShutdownDrainsInFlight(t *testing.T) {
 func TestServerShutdownDeadlineCancelsRequests(t *testing.T) {
 	started := make(chan struct{})
 	srv := &Server{
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			close(started)
 			<-ctx.Done()
-			return auth.TempFailed("cancelled: " + ctx.Err().Error())
+			return auth.TempFailed(auth.CauseUnavailable, "cancelled: "+ctx.Err().Error())
 		}),
 		Logger: slog.New(slog.DiscardHandler),
 	}
@@ -490,7 +483,7 @@ func TestServerShutdownDeadlineCancelsRequests(t *testing.T) {
 
 func TestServerSeveralListeners(t *testing.T) {
 	srv := &Server{
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
 		Logger:        slog.New(slog.DiscardHandler),
 	}
 	dir := t.TempDir()
@@ -559,7 +552,7 @@ func TestClientTimeout(t *testing.T) {
 // optional-field wait is not part of the number.
 func BenchmarkServerRoundTrip(b *testing.B) {
 	srv := &Server{
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
 		Logger:        slog.New(slog.DiscardHandler),
 	}
 	path := filepath.Join(b.TempDir(), "mux")
@@ -584,7 +577,7 @@ func BenchmarkServerRoundTrip(b *testing.B) {
 func TestServerIdleListenerReservesNoSlot(t *testing.T) {
 	srv := &Server{
 		MaxConns:      1,
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
 		Logger:        slog.New(slog.DiscardHandler),
 	}
 	dir := t.TempDir()
@@ -614,11 +607,11 @@ func TestServerIdleListenerReservesNoSlot(t *testing.T) {
 // that read slowly, ones that sent bytes the server never read, ones that
 // write more after the reply. Cyrus clients (libsasl2) read only the reply.
 func TestServerUnixReplySurvivesClose(t *testing.T) {
-	srv := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		if req.User == "u" && req.Password == "p" {
 			return auth.Accepted("", nil)
 		}
-		return auth.Rejected("invalid credentials")
+		return auth.Rejected(auth.CausePolicy, "invalid credentials")
 	})}
 	path, logs := startServer(t, srv)
 
@@ -721,7 +714,7 @@ func TestServerUnixReplySurvivesClose(t *testing.T) {
 func TestServerSlowDecisionStillWritten(t *testing.T) {
 	srv := &Server{
 		ReadTimeout: 100 * time.Millisecond,
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			time.Sleep(250 * time.Millisecond)
 			return auth.Accepted("", nil)
 		}),
@@ -750,7 +743,7 @@ func TestServerRequestContext(t *testing.T) {
 	var kept context.Context
 	srv := &Server{
 		RequestTimeout: 200 * time.Millisecond,
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			var s seen
 			dl, ok := ctx.Deadline()
 			s.deadlineOK = ok && time.Until(dl) > 100*time.Millisecond && time.Until(dl) <= 200*time.Millisecond
@@ -816,7 +809,7 @@ func TestServerRequestContext(t *testing.T) {
 	// call returns, and AfterFuncs that were stopped never run.
 	var after atomic.Int32
 	var ctxAfter context.Context
-	srv2 := &Server{Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv2 := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		stop := context.AfterFunc(ctx, func() { after.Add(1) })
 		context.AfterFunc(ctx, func() { after.Add(10) })
 		if !stop() || stop() {
@@ -843,7 +836,7 @@ func TestServerRequestContext(t *testing.T) {
 func TestServerWorkersExitOnShutdown(t *testing.T) {
 	base := runtime.NumGoroutine()
 	srv := &Server{
-		Authenticator: authFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
+		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict { return auth.Accepted("", nil) }),
 		Logger:        slog.New(slog.DiscardHandler),
 	}
 	l, err := Listen(filepath.Join(t.TempDir(), "mux"), 0o666, "")

@@ -3,58 +3,62 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
+	"strings"
 	"time"
 
-	"github.com/mailauthd/mailauthd/config"
 	"github.com/mailauthd/mailauthd/control"
 )
 
+const cacheSynopsis = "flush [--config FILE | --control SOCKET] [-t DURATION]"
+
 func init() {
-	register("cache", "manage the running daemon's credential cache (flush)", cmdCache)
+	register("cache", "manage the running daemon's credential cache (flush)", cacheSynopsis, cmdCache)
 }
 
 // cmdCache runs "mailauthd cache flush": it asks the running daemon, over
 // its control socket, to forget every cached verdict (after a password
 // reset or an account lock, so the change takes effect before the TTL).
 func cmdCache(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("cache", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", config.DefaultPath, "YAML configuration `file` naming the control socket (listen.control.path)")
-	socket := fs.String("control", "", "control socket `path`; overrides the configuration")
+	fs := newFlagSet("cache", cacheSynopsis)
+	var cf configFlags
+	cf.register(fs)
+	socket := fs.String("control", "", "control socket `path`; overrides the configuration (listen.control.path)")
 	timeout := fs.Duration("t", 10*time.Second, "give up after this `duration`")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: mailauthd cache flush [--config FILE | --control SOCKET] [-t DURATION]")
-		fs.PrintDefaults()
+	// The verb may stand before or after the flags.
+	var verb string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		verb, args = args[0], args[1:]
+		if code, ok := parseFlags(fs, args, 0, stdout, stderr); !ok {
+			return code
+		}
+	} else {
+		if code, ok := parseFlags(fs, args, 1, stdout, stderr); !ok {
+			return code
+		}
+		verb = fs.Arg(0)
 	}
-	// Accept the flags before or after the verb.
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() < 1 || fs.Arg(0) != "flush" {
+	if verb != "flush" {
+		fmt.Fprintf(stderr, "mailauthd cache: want the verb flush, not %q\n", verb)
+		fs.SetOutput(stderr)
 		fs.Usage()
-		return 2
-	}
-	if err := fs.Parse(fs.Args()[1:]); err != nil {
-		return 2
-	}
-	if fs.NArg() != 0 {
-		fs.Usage()
-		return 2
+		return exitUsage
 	}
 	path := *socket
 	if path == "" {
-		explicit := false
-		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
-		p, err := controlPath(*cfgPath, explicit)
+		// Only the listen section matters; the configuration reader reads
+		// no secret, so an operator may flush without read access to the
+		// LDAP password.
+		cfg, err := cf.load()
 		if err != nil {
 			fmt.Fprintf(stderr, "mailauthd: %v\n", err)
-			return 2
+			return exitUsage
 		}
-		path = p
+		if path = cfg.Listen.Control.Path; path == "" {
+			fmt.Fprintf(stderr, "mailauthd: listen.control.path is empty: the daemon has no control socket; send it SIGUSR1 to flush the cache\n")
+			return exitUsage
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -69,31 +73,4 @@ func cmdCache(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "cache flushed (%s)\n", path)
 	return 0
-}
-
-// controlPath finds the control socket in the configuration. Only the
-// listen section matters, so the file is parsed but the secrets it names
-// are not read: an operator may flush without read access to the LDAP
-// password. A missing default file means the built-in default path.
-func controlPath(path string, explicit bool) (string, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		if !explicit && errors.Is(err, os.ErrNotExist) {
-			return config.Default().Listen.Control.Path, nil
-		}
-		return "", err
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, 1<<20))
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
-	}
-	cfg, err := config.Parse(data)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
-	}
-	if cfg.Listen.Control.Path == "" {
-		return "", fmt.Errorf("%s: listen.control.path is empty: the daemon has no control socket; send it SIGUSR1 to flush the cache", path)
-	}
-	return cfg.Listen.Control.Path, nil
 }

@@ -21,20 +21,24 @@ func (cacheTestAccepter) Authenticate(context.Context, auth.Request) auth.Verdic
 	return auth.Accepted("uid=x", nil)
 }
 
-// cacheTestBackend is what serve puts behind the control socket: the cache
-// for Authenticate and Flush.
+// cacheTestBackend stands in for the daemon behind the control socket: a
+// real cache for Authenticate and Flush.
 type cacheTestBackend struct{ *cache.Cache }
 
 func (cacheTestBackend) Lookup(context.Context, auth.Request) auth.Verdict {
-	return auth.Rejected("no lookups here")
+	return auth.Rejected(auth.CausePolicy, "no lookups here")
 }
+
+func (b cacheTestBackend) Flush() bool { b.Cache.Flush(); return true }
 
 // cacheTestPlainBackend has no cache: the daemon must refuse the flush.
 type cacheTestPlainBackend struct{ cacheTestAccepter }
 
 func (cacheTestPlainBackend) Lookup(context.Context, auth.Request) auth.Verdict {
-	return auth.Rejected("no lookups here")
+	return auth.Rejected(auth.CausePolicy, "no lookups here")
 }
+
+func (cacheTestPlainBackend) Flush() bool { return false }
 
 func startCacheTestControl(t *testing.T, b control.Backend) string {
 	t.Helper()

@@ -19,9 +19,8 @@ import (
 
 	"github.com/mailauthd/mailauthd/checkpassword"
 	"github.com/mailauthd/mailauthd/config"
-	"github.com/mailauthd/mailauthd/control"
+	"github.com/mailauthd/mailauthd/daemon"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
-	"github.com/mailauthd/mailauthd/ldapauth"
 )
 
 // cpBinary is the mailauthd binary built once for the checkpassword tests,
@@ -93,10 +92,9 @@ type cpWorld struct {
 	cfg     *config.File
 	sock    string
 
-	mu     sync.Mutex
-	server *control.Server
-	ldap   *ldapauth.Authenticator
-	served chan error
+	mu      sync.Mutex
+	daemon  *daemon.Daemon
+	servers *daemon.Servers
 }
 
 const cpConfigTemplate = `listen:
@@ -113,6 +111,7 @@ access:
   hostnames: [mail.example.org, mail]
 checkpassword:
   timeout: 3s
+dovecot:
   fields:
     userdb_home: homeDirectory
     userdb_uid: uidNumber
@@ -143,7 +142,7 @@ func newCPWorld(t testing.TB) *cpWorld {
 	if err := os.WriteFile(w.cfgPath, fmt.Appendf(nil, cpConfigTemplate, w.sock, s.URL(), pwFile), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := checkpasswordConfig(w.cfgPath, true, "")
+	cfg, err := config.Load(w.cfgPath, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,46 +151,38 @@ func newCPWorld(t testing.TB) *cpWorld {
 	return w
 }
 
-// startDaemon serves the control socket the way "mailauthd serve" does:
-// ldapauth with the checkpassword attributes added, behind control.Server.
+// startDaemon serves the control socket the way "mailauthd serve" does,
+// with the configuration read when the world was made.
 func (w *cpWorld) startDaemon(t testing.TB) {
 	t.Helper()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.server != nil {
+	if w.daemon != nil {
 		return
 	}
-	lc := w.cfg.LDAP
-	lc.Attributes = w.cfg.Checkpassword.MergeAttributes(lc.Attributes)
-	a, err := ldapauth.New(lc, w.cfg.Access, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := daemon.New(w.cfg, daemon.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("unix", w.sock)
+	ls, err := daemon.OpenListeners(w.cfg)
 	if err != nil {
+		d.Close()
 		t.Fatal(err)
 	}
-	if err := os.Chmod(w.sock, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	w.ldap = a
-	w.server = &control.Server{Backend: a, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	w.served = make(chan error, 1)
-	go func(s *control.Server) { w.served <- s.Serve(l) }(w.server)
+	w.daemon, w.servers = d, d.Serve(ls)
 }
 
 func (w *cpWorld) stopDaemon() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.server == nil {
+	if w.daemon == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	w.server.Shutdown(ctx)
-	<-w.served
-	w.ldap.Close()
-	w.server, w.ldap = nil, nil
+	w.servers.Shutdown(ctx)
+	w.daemon.Close()
+	w.daemon, w.servers = nil, nil
 }
 
 // cpRun is one checkpassword run's observable result.
@@ -319,6 +310,31 @@ func TestCheckpasswordBothPaths(t *testing.T) {
 				t.Errorf("paths differ: standalone %d %v, daemon %d %v", alone.exit, alone.reply, daemon.exit, daemon.reply)
 			}
 		})
+	}
+}
+
+// TestCheckpasswordFieldsFromDaemon: the daemon owns the field mapping.
+// Edit dovecot.fields in the file without reloading the daemon, and the
+// helper still returns the daemon's fields: it maps nothing itself, so the
+// two cannot drift apart.
+func TestCheckpasswordFieldsFromDaemon(t *testing.T) {
+	bin := mailauthdBinary(t)
+	w := newCPWorld(t)
+	w.startDaemon(t)
+	data, err := os.ReadFile(w.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(data), "host: mailHost", "host: nosuchAttribute", 1)
+	if edited == string(data) {
+		t.Fatal("test configuration has no host mapping to edit")
+	}
+	if err := os.WriteFile(w.cfgPath, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runCheckpassword(t, bin, []string{"--config", w.cfgPath}, dovecotEnv(), "alice\x00alicepw\x00\x00")
+	if r.exit != checkpassword.ExitOK || r.reply["host"] != "imap1.example.org" || !strings.Contains(r.stderr, "via=daemon") {
+		t.Fatalf("exit %d reply %v: want the daemon's mapping (host from mailHost)\n%s", r.exit, r.reply, r.stderr)
 	}
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,21 +12,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/config"
 	"github.com/mailauthd/mailauthd/pamcheck"
 )
 
-// Exit codes of mailauthd pamcheck (documented in docs/pamcheck.md).
+// Exit codes of mailauthd pamcheck (documented in docs/pamcheck.md). A
+// usage error is exitUsage (2), as for every command: both ask for a look.
 const (
 	pcClean    = 0 // no findings, or info only; probe: login succeeded
 	pcWarning  = 1 // worst finding is a warning; probe: PAM refused the login
 	pcCritical = 2 // at least one critical finding
-	pcError    = 3 // usage, configuration or internal error
+	pcError    = 3 // configuration or internal error
 )
 
-const defaultConfigPath = "/etc/mailauthd/mailauthd.yaml"
-
 func init() {
-	register("pamcheck", "check PAM service files mail depends on (snapshot, check, restore, probe)", cmdPamcheck)
+	register("pamcheck", "check PAM service files mail depends on (snapshot, check, restore, probe)",
+		"<snapshot|check|restore|probe> [flags]", cmdPamcheck)
 }
 
 func pamcheckUsage(w io.Writer) {
@@ -41,15 +42,17 @@ func pamcheckUsage(w io.Writer) {
                            run a real PAM authenticate + acct_mgmt (password on stdin)
 
 exit status: 0 clean (or info only), 1 warnings (probe: login refused),
-             2 critical findings, 3 usage or internal error`)
+             2 critical findings or a usage error, 3 configuration or internal error`)
 }
 
 func cmdPamcheck(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		pamcheckUsage(stderr)
-		if len(args) == 0 {
-			return pcError
-		}
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "--help", "-help", "help":
+		pamcheckUsage(stdout)
 		return pcClean
 	}
 	switch args[0] {
@@ -64,7 +67,7 @@ func cmdPamcheck(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "mailauthd pamcheck: unknown subcommand %q\n", args[0])
 	pamcheckUsage(stderr)
-	return pcError
+	return exitUsage
 }
 
 // common holds the flags every subcommand has. Defaults may come from the
@@ -76,18 +79,21 @@ type common struct {
 func (c *common) register(fs *flag.FlagSet) {
 	cfg := os.Getenv("MAILAUTHD_CONFIG")
 	if cfg == "" {
-		cfg = defaultConfigPath
+		cfg = config.DefaultPath
 	}
-	fs.StringVar(&c.config, "config", cfg, "mailauthd YAML file; only its pamcheck: section is read (missing file = defaults)")
+	fs.StringVar(&c.config, "config", cfg, "mailauthd YAML `file`; its pamcheck: section applies (missing file = defaults)")
 	fs.StringVar(&c.root, "root", os.Getenv("MAILAUTHD_PAMCHECK_ROOT"), "treat every path as relative to this directory (a mounted system, a test tree)")
 	fs.StringVar(&c.stateDir, "state-dir", "", "snapshot directory below --root (default: pamcheck.state_dir, "+pamcheck.DefaultStateDir+")")
 }
 
 func (c *common) load() (pamcheck.Config, *pamcheck.System, string, error) {
-	cfg, err := pamcheck.LoadConfig(c.config)
+	// A missing file means defaults even when named: package-manager hooks
+	// run on hosts where mailauthd is installed but not configured yet.
+	f, err := config.Find(c.config, false, "")
 	if err != nil {
-		return cfg, nil, "", err
+		return pamcheck.Config{}, nil, "", err
 	}
+	cfg := f.Pamcheck
 	if c.stateDir != "" {
 		if !strings.HasPrefix(c.stateDir, "/") {
 			return cfg, nil, "", fmt.Errorf("--state-dir %q must be absolute", c.stateDir)
@@ -104,22 +110,12 @@ func (c *common) load() (pamcheck.Config, *pamcheck.System, string, error) {
 	return cfg, sys, sys.Real(cfg.StateDir), nil
 }
 
-func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("mailauthd pamcheck "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return fs
-}
-
 func pcSnapshot(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("snapshot", stderr)
+	fs := newFlagSet("pamcheck snapshot", "[--config FILE] [--root DIR] [--state-dir DIR]")
 	var c common
 	c.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
-	}
-	if fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "mailauthd pamcheck snapshot: no arguments expected")
-		return pcError
+	if code, ok := parseFlags(fs, args, 0, stdout, stderr); !ok {
+		return code
 	}
 	cfg, sys, stateDir, err := c.load()
 	if err != nil {
@@ -146,18 +142,14 @@ func pcSnapshot(args []string, stdout, stderr io.Writer) int {
 }
 
 func pcCheck(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("check", stderr)
+	fs := newFlagSet("pamcheck check", "[--json] [--syslog] [--quiet] [--config FILE] [--root DIR] [--state-dir DIR]")
 	var c common
 	c.register(fs)
 	asJSON := fs.Bool("json", false, "print findings as JSON (for monitoring)")
 	toSyslog := fs.Bool("syslog", false, "also log each finding to syslog/journal (tag mailauthd-pamcheck)")
 	quiet := fs.Bool("quiet", false, "print nothing when there is nothing above info")
-	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
-	}
-	if fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "mailauthd pamcheck check: no arguments expected")
-		return pcError
+	if code, ok := parseFlags(fs, args, 0, stdout, stderr); !ok {
+		return code
 	}
 	cfg, sys, stateDir, err := c.load()
 	if err != nil {
@@ -260,12 +252,12 @@ func logFindings(fs []pamcheck.Finding, haveSnapshot bool) error {
 }
 
 func pcRestore(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("restore", stderr)
+	fs := newFlagSet("pamcheck restore", "[--dry-run] [--config FILE] [--root DIR] [--state-dir DIR] [SERVICE...]")
 	var c common
 	c.register(fs)
 	dry := fs.Bool("dry-run", false, "only print what would be done")
-	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
+	if code, ok := parseFlags(fs, args, 1<<20, stdout, stderr); !ok {
+		return code
 	}
 	_, sys, stateDir, err := c.load()
 	if err != nil {
@@ -297,11 +289,8 @@ func pcRestore(args []string, stdout, stderr io.Writer) int {
 	return pcClean
 }
 
-// maxPassword bounds what we read as a password.
-const maxPassword = 4096
-
 func pcProbe(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := newFlagSet("probe", stderr)
+	fs := newFlagSet("pamcheck probe", "--service S --user U [--password-file F] [--conf-dir DIR] [--json] [--timeout D]")
 	var c common
 	c.register(fs)
 	service := fs.String("service", "imap", "PAM service to run")
@@ -310,16 +299,16 @@ func pcProbe(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	confDir := fs.String("conf-dir", "", "run against this pam.d directory (pam_start_confdir) instead of the system's")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up waiting for the PAM stack after this long")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
-	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
+	if code, ok := parseFlags(fs, args, 0, stdout, stderr); !ok {
+		return code
 	}
-	if *user == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "mailauthd pamcheck probe: --user is required, no arguments")
-		return pcError
+	if *user == "" {
+		fmt.Fprintln(stderr, "mailauthd pamcheck probe: --user is required")
+		return exitUsage
 	}
 	if c.root != "" && *confDir == "" {
 		fmt.Fprintln(stderr, "mailauthd pamcheck probe: the host's libpam reads the host's /etc/pam.d; with --root give --conf-dir")
-		return pcError
+		return exitUsage
 	}
 	_, sys, _, err := c.load()
 	if err != nil {
@@ -377,33 +366,13 @@ func pcProbe(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 func readPassword(file string, stdin io.Reader) (string, error) {
-	var r io.Reader = stdin
-	if file != "" {
-		f, err := os.Open(file)
-		if err != nil {
-			return "", err
-		}
-		defer f.Close()
-		r = f
+	if file == "" {
+		return auth.ReadPasswordLine(stdin)
 	}
-	br := bufio.NewReaderSize(io.LimitReader(r, maxPassword+2), maxPassword+2)
-	line, err := br.ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("read password: %w", err)
+	f, err := os.Open(file)
+	if err != nil {
+		return "", err
 	}
-	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-	if len(line) > maxPassword {
-		return "", fmt.Errorf("password longer than %d bytes", maxPassword)
-	}
-	if line == "" {
-		return "", errors.New("empty password")
-	}
-	return line, nil
-}
-
-func flagExit(err error) int {
-	if errors.Is(err, flag.ErrHelp) {
-		return pcClean
-	}
-	return pcError
+	defer f.Close()
+	return auth.ReadPasswordLine(f)
 }

@@ -110,8 +110,8 @@ func TestPamcheckCLI(t *testing.T) {
 	if code, _, _ = pc(t, root, "check"); code != pcWarning {
 		t.Fatalf("warning exit %d", code)
 	}
-	// usage and configuration errors: exit 3
-	if code, _, _ = pc(t, root, "check", "--bogus"); code != pcError {
+	// a usage error exits 2 (every command does); configuration errors 3
+	if code, _, _ = pc(t, root, "check", "--bogus"); code != exitUsage {
 		t.Fatalf("bad flag exit %d", code)
 	}
 	if code, _, _ = pc(t, root, "restore", "nosuchservice"); code != pcError {

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,20 +10,21 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
-	"github.com/mailauthd/mailauthd/ldapauth"
+	"github.com/mailauthd/mailauthd/daemon"
 	"github.com/mailauthd/mailauthd/saslauthd"
 )
 
+const testSynopsis = "-u USER -p PASS [-s SERVICE] [-r REALM] [-a ADDR] [-f SOCKET] [--explain [--config FILE]]"
+
 func init() {
-	register("test", "authenticate one user through the socket (like testsaslauthd), or --explain", cmdTest)
+	register("test", "authenticate one user through the socket (like testsaslauthd), or --explain", testSynopsis, cmdTest)
 }
 
 // stdin is where "-p -" reads the password; tests replace it.
 var stdin io.Reader = os.Stdin
 
 func cmdTest(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("test", testSynopsis)
 	var cf configFlags
 	cf.register(fs)
 	var req auth.Request
@@ -37,43 +36,43 @@ func cmdTest(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("f", "/run/mailauthd/mux", "saslauthd `socket` path")
 	timeout := fs.Duration("t", 15*time.Second, "give up after this `duration`")
 	explain := fs.Bool("explain", false, "evaluate the configuration directly, printing each step, instead of asking the daemon")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, 0, stdout, stderr); !ok {
+		return code
 	}
-	if req.User == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "usage: mailauthd test -u USER -p PASS [-s SERVICE] [-r REALM] [-f SOCKET] [--explain [--config FILE]]")
-		return 2
+	if req.User == "" {
+		fmt.Fprintln(stderr, "mailauthd test: -u is required")
+		fs.Usage()
+		return exitUsage
 	}
 	req.Password = *pass
 	if *pass == "-" {
-		line, err := bufio.NewReader(io.LimitReader(stdin, 64<<10)).ReadString('\n')
-		if err != nil && err != io.EOF {
-			fmt.Fprintf(stderr, "mailauthd: reading password: %v\n", err)
-			return 2
+		pw, err := auth.ReadPasswordLine(stdin)
+		if err != nil {
+			fmt.Fprintf(stderr, "mailauthd test: %v\n", err)
+			return exitUsage
 		}
-		req.Password = strings.TrimRight(line, "\r\n")
+		req.Password = pw
 	}
 	req = req.SplitRealm()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 
 	if *explain {
-		cfg, err := cf.load(fs)
+		cfg, err := cf.load()
 		if err != nil {
 			fmt.Fprintf(stderr, "mailauthd: configuration: %v\n", err)
-			return 2
+			return exitUsage
 		}
 		for _, w := range cfg.Warnings {
 			fmt.Fprintf(stdout, "warning: %s\n", w)
 		}
-		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-		a, err := ldapauth.New(cfg.LDAP, cfg.Access, quiet)
+		d, err := daemon.New(cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler), OneShot: true})
 		if err != nil {
 			fmt.Fprintf(stderr, "mailauthd: configuration: %v\n", err)
-			return 2
+			return exitUsage
 		}
-		defer a.Close()
-		v := a.Explain(ctx, req, stdout)
+		defer d.Close()
+		v := d.Explain(ctx, req, stdout)
 		return printVerdict(stdout, v.Outcome == auth.Accept, v.Reason)
 	}
 
@@ -81,7 +80,7 @@ func cmdTest(args []string, stdout, stderr io.Writer) int {
 	ok, text, err := c.Authenticate(ctx, req)
 	if err != nil {
 		fmt.Fprintf(stderr, "mailauthd: %v\n", err)
-		return 2
+		return exitUsage
 	}
 	return printVerdict(stdout, ok, text)
 }

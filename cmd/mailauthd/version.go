@@ -10,7 +10,11 @@ import (
 var version = "dev"
 
 func init() {
-	register("version", "print the version", func(_ []string, stdout, _ io.Writer) int {
+	register("version", "print the version", "", func(args []string, stdout, stderr io.Writer) int {
+		fs := newFlagSet("version", "")
+		if code, ok := parseFlags(fs, args, 0, stdout, stderr); !ok {
+			return code
+		}
 		v := version
 		if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {
 			for _, s := range bi.Settings {

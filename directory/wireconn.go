@@ -1,4 +1,4 @@
-package ldapauth
+package directory
 
 // A small synchronous LDAPv3 client for the connections a login uses: a
 // simple BindRequest (RFC 4511 4.2), StartTLS (4.14) and a SearchRequest
@@ -25,21 +25,25 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/go-ldap/ldap/v3"
 )
 
 const (
-	// maxBindMessage bounds one response message. A BindResponse or
+	// maxResponseMessage bounds one response message. A BindResponse or
 	// ExtendedResponse from a real server is tens of bytes; a long
 	// diagnostic message or a referral list still fits easily.
-	maxBindMessage = 64 << 10
+	maxResponseMessage = 64 << 10
 	// minReadBuf is the size of the first read buffer; keepReadBuf the
 	// largest kept between operations (a rare big entry is not kept).
 	minReadBuf  = 512
 	keepReadBuf = 4096
 
 	oidStartTLS = "1.3.6.1.4.1.1466.20037"
+
+	// unbindTimeout bounds the courtesy UnbindRequest before a close.
+	unbindTimeout = 100 * time.Millisecond
 
 	tagBoolean    = 0x01
 	tagInteger    = 0x02
@@ -48,6 +52,7 @@ const (
 	tagSequence   = 0x30
 
 	tagBindRequest      = 0x60 // [APPLICATION 0] constructed
+	tagUnbindRequest    = 0x42 // [APPLICATION 2] primitive, NULL
 	tagBindResponse     = 0x61 // [APPLICATION 1] constructed
 	tagExtendedRequest  = 0x77 // [APPLICATION 23] constructed
 	tagExtendedResponse = 0x78 // [APPLICATION 24] constructed
@@ -63,23 +68,36 @@ const (
 // wireConn is one pooled connection. It is used by one goroutine at a
 // time (the pool hands it out); the caller sets the deadline on nc.
 type wireConn struct {
-	nc   net.Conn  // the connection requests go over (TLS after ldaps:// or StartTLS)
-	raw  net.Conn  // the TCP connection under any TLS, for the idle check
-	rd   io.Reader // where responses are read from: nc
-	id   int32     // last messageID sent
-	dead bool      // a failure left it unusable: close, never reuse
-	out  []byte    // the request being sent, cleared once written (a bind's holds a password)
-	in   []byte    // bytes received; in[next:] are not consumed yet
-	next int
-	peek func() bool // idleOK's socket check, made on first use
+	nc     net.Conn  // the connection requests go over (TLS after ldaps:// or StartTLS)
+	raw    net.Conn  // the TCP connection under any TLS, for the idle check
+	rd     io.Reader // where responses are read from: nc
+	id     int32     // last messageID sent
+	failed bool      // a failure left it unusable: close, never reuse
+	out    []byte    // the request being sent, cleared once written (a bind's holds a password)
+	in     []byte    // bytes received; in[next:] are not consumed yet
+	next   int
+	peek   func() bool // idleOK's socket check, made on first use
 }
 
-func newWireConn(nc net.Conn) *wireConn {
-	return &wireConn{nc: nc, raw: nc, rd: nc}
+// newWireConn wraps nc, the connection requests go over; raw is the TCP
+// connection under it (nc itself without TLS). The idle check must look at
+// raw: a *tls.Conn cannot be peeked at without reading a record.
+func newWireConn(nc, raw net.Conn) *wireConn {
+	return &wireConn{nc: nc, raw: raw, rd: nc}
 }
 
+func (b *wireConn) dead() bool { return b.failed }
+
+// close ends the connection: an UnbindRequest first when it is healthy
+// (RFC 4511 4.3; servers such as 389-ds log an abrupt close as an error),
+// bounded by a short deadline, then the close.
 func (b *wireConn) close() {
-	b.dead = true
+	if !b.failed {
+		b.nc.SetWriteDeadline(time.Now().Add(unbindTimeout))
+		b.out = appendUnbindRequest(b.out[:0], b.nextID())
+		b.nc.Write(b.out)
+	}
+	b.failed = true
 	b.nc.Close()
 }
 
@@ -96,13 +114,13 @@ func connErr(format string, args ...any) error {
 	return ldap.NewError(ldap.ErrorNetwork, fmt.Errorf(format, args...))
 }
 
-var errWireConnDead = connErr("ldap: bind connection already failed")
+var errConnDead = connErr("ldap: connection already failed")
 
 // bind performs a simple bind as dn with password pw. nil means the server
 // answered success (resultCode 0) to exactly this request.
 func (b *wireConn) bind(dn, pw string) error {
-	if b.dead {
-		return errWireConnDead
+	if b.failed {
+		return errConnDead
 	}
 	if pw == "" { // RFC 4513 unauthenticated bind: never (the callers check too)
 		return ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
@@ -114,7 +132,7 @@ func (b *wireConn) bind(dn, pw string) error {
 	}
 	res, err := b.readResponse(id, tagBindResponse)
 	if err != nil {
-		b.dead = true
+		b.failed = true
 		return err
 	}
 	return res.err()
@@ -126,7 +144,7 @@ func (b *wireConn) send(what string) error {
 	_, err := b.nc.Write(b.out)
 	clear(b.out)
 	if err != nil {
-		b.dead = true
+		b.failed = true
 		return connErr("ldap: sending %s request: %w", what, err)
 	}
 	return nil
@@ -136,8 +154,8 @@ func (b *wireConn) send(what string) error {
 // and a TLS handshake with cfg (server name, roots and verification as
 // configured). The caller's deadline on nc bounds both.
 func (b *wireConn) startTLS(ctx context.Context, cfg *tls.Config) error {
-	if b.dead {
-		return errWireConnDead
+	if b.failed {
+		return errConnDead
 	}
 	id := b.nextID()
 	b.out = appendStartTLSRequest(b.out[:0], id)
@@ -146,25 +164,25 @@ func (b *wireConn) startTLS(ctx context.Context, cfg *tls.Config) error {
 	}
 	res, err := b.readResponse(id, tagExtendedResponse)
 	if err != nil {
-		b.dead = true
+		b.failed = true
 		return err
 	}
 	if err := res.err(); err != nil {
-		b.dead = true
+		b.failed = true
 		return err
 	}
 	if res.name != nil && string(res.name) != oidStartTLS {
-		b.dead = true
+		b.failed = true
 		return connErr("ldap: StartTLS answered with responseName %q", res.name)
 	}
 	if res.extra {
 		// Nothing may come between the response and the handshake.
-		b.dead = true
+		b.failed = true
 		return connErr("ldap: data after the StartTLS response")
 	}
 	tc := tls.Client(b.nc, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		b.dead = true
+		b.failed = true
 		return connErr("ldap: TLS handshake failed: %w", err)
 	}
 	b.nc, b.rd = tc, tc
@@ -192,7 +210,7 @@ func (r *ldapResult) err() error {
 // a well-formed response to that request; its resultCode may be anything
 // in 0..199. Any other outcome is a connection error.
 func (b *wireConn) readResponse(id int32, op byte) (ldapResult, error) {
-	body, err := b.readMessage(maxBindMessage)
+	body, err := b.readMessage(maxResponseMessage)
 	if err != nil {
 		return ldapResult{}, err
 	}
@@ -208,7 +226,7 @@ func (b *wireConn) readResponse(id int32, op byte) (ldapResult, error) {
 func (b *wireConn) endOp() (extra bool) {
 	if b.next < len(b.in) {
 		extra = true
-		b.dead = true
+		b.failed = true
 	}
 	b.in, b.next = b.in[:0], 0
 	if cap(b.in) > keepReadBuf {
@@ -571,6 +589,16 @@ func appendBindRequest(dst []byte, id int32, dn, pw string) []byte {
 	dst = append(dst, tagInteger, 1, 3)
 	dst = appendString(dst, tagOctets, dn)
 	return appendString(dst, tagSimpleAuth, pw)
+}
+
+// appendUnbindRequest appends
+//
+//	LDAPMessage { id, UnbindRequest }
+func appendUnbindRequest(dst []byte, id int32) []byte {
+	dst = append(dst, tagSequence)
+	dst = appendLen(dst, 2+intLen(id)+2)
+	dst = appendInt(dst, id)
+	return append(dst, tagUnbindRequest, 0)
 }
 
 // appendStartTLSRequest appends

@@ -1,4 +1,4 @@
-package ldapauth
+package directory
 
 import (
 	"bytes"
@@ -97,7 +97,7 @@ func readSearchBytes(r io.Reader, limit int32) (*wireConn, *ldap.SearchResult, e
 	b := &wireConn{rd: r}
 	res, err := b.readSearch(7, limit)
 	if err != nil && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
-		b.dead = true // as search does
+		b.failed = true // as search does
 	}
 	return b, res, err
 }
@@ -176,8 +176,8 @@ func TestReadSearch(t *testing.T) {
 		for _, tt := range tests {
 			b, res, err := readSearchBytes(mk(tt.data), tt.limit)
 			if tt.conn {
-				if !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.dead {
-					t.Errorf("%s, %s: err %v dead %v, want a connection error", rname, tt.name, err, b.dead)
+				if !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed {
+					t.Errorf("%s, %s: err %v dead %v, want a connection error", rname, tt.name, err, b.failed)
 				}
 				continue
 			}
@@ -186,7 +186,7 @@ func TestReadSearch(t *testing.T) {
 				t.Errorf("%s, %s: %v", rname, tt.name, err)
 			case tt.code != 0 && !ldap.IsErrorWithCode(err, uint16(tt.code)):
 				t.Errorf("%s, %s: err %v, want result %d", rname, tt.name, err, tt.code)
-			case b.dead:
+			case b.failed:
 				t.Errorf("%s, %s: connection dead after a well-formed answer", rname, tt.name)
 			}
 			if got := entriesOf(res); !reflect.DeepEqual(got, tt.entries) {
@@ -202,7 +202,7 @@ func TestReadSearchBytesAfterDoneRetireConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !b.dead {
+	if !b.failed {
 		t.Error("bytes after the answer: connection still reusable")
 	}
 }
@@ -216,29 +216,29 @@ func TestSearchOverConnection(t *testing.T) {
 	b := fakeServer(t, cat(entryMsg("uid=alice,dc=org", attr("host", "*")), doneMsg("00")))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
 	res, err := b.search(r)
-	if err != nil || len(res.Entries) != 1 || res.Entries[0].GetAttributeValue("host") != "*" || b.dead {
-		t.Fatalf("search: %v %+v dead %v", err, entriesOf(res), b.dead)
+	if err != nil || len(res.Entries) != 1 || res.Entries[0].GetAttributeValue("host") != "*" || b.failed {
+		t.Fatalf("search: %v %+v dead %v", err, entriesOf(res), b.failed)
 	}
 
 	// Result codes are answers: the entries come back and the connection stays usable.
 	b = fakeServer(t, cat(entryMsg("uid=a,dc=org"), entryMsg("uid=b,dc=org"), doneMsg("04")))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
 	res, err = b.search(r)
-	if !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) || res == nil || len(res.Entries) != 2 || b.dead {
-		t.Errorf("size limit exceeded: %v %+v dead %v", err, entriesOf(res), b.dead)
+	if !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) || res == nil || len(res.Entries) != 2 || b.failed {
+		t.Errorf("size limit exceeded: %v %+v dead %v", err, entriesOf(res), b.failed)
 	}
 	b = fakeServer(t, doneMsg("20"))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := b.search(r); !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) || b.dead {
-		t.Errorf("no such object: %v dead %v", err, b.dead)
+	if _, err := b.search(r); !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) || b.failed {
+		t.Errorf("no such object: %v dead %v", err, b.failed)
 	}
 
 	b = fakeServer(t, nil)
 	b.nc.SetDeadline(time.Now().Add(100 * time.Millisecond))
-	if _, err := b.search(r); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.dead || !strings.Contains(err.Error(), "i/o timeout") {
-		t.Errorf("no answer: err %v dead %v", err, b.dead)
+	if _, err := b.search(r); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed || !strings.Contains(err.Error(), "i/o timeout") {
+		t.Errorf("no answer: err %v dead %v", err, b.failed)
 	}
-	if _, err := b.search(r); !errors.Is(err, errWireConnDead) {
+	if _, err := b.search(r); !errors.Is(err, errConnDead) {
 		t.Errorf("dead connection reused: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package ldapauth
+package directory
 
 // The search a login needs, on a wireConn (see wireconn.go): one
 // SearchRequest (RFC 4511 4.5.1), then its SearchResultEntry and
@@ -34,7 +34,9 @@ type searchRequest struct {
 	sizeLimit int32
 	timeLimit int32
 	filter    []byte // BER-encoded Filter (ldap.CompileFilter)
-	attrs     []string
+	// filterText is the same filter as text, for the go-ldap client.
+	filterText string
+	attrs      []string
 }
 
 // search sends r and collects its entries. Like go-ldap's Search, a
@@ -43,8 +45,8 @@ type searchRequest struct {
 // malformed or unexpected message, or more entries than the size limit
 // allows, is a connection error.
 func (b *wireConn) search(r *searchRequest) (*ldap.SearchResult, error) {
-	if b.dead {
-		return nil, errWireConnDead
+	if b.failed {
+		return nil, errConnDead
 	}
 	id := b.nextID()
 	b.out = appendSearchRequest(b.out[:0], id, r)
@@ -53,7 +55,7 @@ func (b *wireConn) search(r *searchRequest) (*ldap.SearchResult, error) {
 	}
 	res, err := b.readSearch(id, r.sizeLimit)
 	if err != nil && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
-		b.dead = true
+		b.failed = true
 		return nil, err
 	}
 	return res, err // an answer, whatever its result code: the connection stays usable

@@ -1,7 +1,8 @@
-package ldapauth_test
+package daemon
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +11,6 @@ import (
 
 	"github.com/mailauthd/mailauthd/auth"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
-	"github.com/mailauthd/mailauthd/ldapauth"
 )
 
 func adminConn(t *testing.T, s *slapdtest.Server) *ldap.Conn {
@@ -31,21 +31,15 @@ func adminConn(t *testing.T, s *slapdtest.Server) *ldap.Conn {
 // mirror's back (moved, deleted, password changed, host revoked on refresh).
 func TestMirror(t *testing.T) {
 	s := slapdtest.Start(t)
-	cfg, access := baseConfig(s.URL())
-	cfg.BindDN, cfg.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
-	cfg.MirrorRefresh = time.Hour // refreshed by hand below
-	a := newAuth(t, cfg, access)
-	m := a.Mirror()
+	cfg := slapdConfig(s.URL())
+	cfg.LDAP.Directory.BindDN, cfg.LDAP.Directory.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
+	cfg.LDAP.Search.MirrorRefresh = time.Hour // refreshed by hand below
+	a := newDaemon(t, cfg)
+	m := a.cur.Load().mirror
 	if m == nil {
 		t.Fatal("mirror not set up")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for m.Len() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("mirror never loaded")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitMirror(t, a, false)
 	ctx := context.Background()
 	try := func(user, pw, service string) auth.Verdict {
 		return a.Authenticate(ctx, auth.Request{User: user, Password: pw, Service: service})
@@ -88,7 +82,7 @@ func TestMirror(t *testing.T) {
 	if err := admin.ModifyDN(ldap.NewModifyDNRequest("uid=star,"+slapdtest.PeopleDN, "uid=star", true, "ou=services,"+slapdtest.Suffix)); err != nil {
 		t.Fatal(err)
 	}
-	if v := try("star", "starpw", "imap"); v.Outcome != auth.Reject || !v.UserUnknown {
+	if v := try("star", "starpw", "imap"); v.Outcome != auth.Reject || !v.UserUnknown() {
 		// Base is ou=people: the moved entry is out of scope, as a search would say.
 		t.Errorf("moved out of the base: %v %q", v.Outcome, v.Reason)
 	}
@@ -120,22 +114,22 @@ func TestMirror(t *testing.T) {
 	if err := admin.Del(ldap.NewDelRequest("uid=upper,"+slapdtest.PeopleDN, nil)); err != nil {
 		t.Fatal(err)
 	}
-	if v := try("upper", "upperpw", "imap"); v.Outcome != auth.Reject || !v.UserUnknown {
+	if v := try("upper", "upperpw", "imap"); v.Outcome != auth.Reject || !v.UserUnknown() {
 		t.Errorf("deleted: %v %q", v.Outcome, v.Reason)
 	}
 }
 
 func TestMirrorRefusesAccessFilters(t *testing.T) {
-	cfg, access := baseConfig("ldap://127.0.0.1:1")
-	cfg.MirrorRefresh = time.Minute
-	access.Filters = []string{"(!(employeeType=disabled))"}
-	if _, err := ldapauth.New(cfg, access, nil); err == nil || !strings.Contains(err.Error(), "mirror") {
+	cfg := slapdConfig("ldap://127.0.0.1:1")
+	cfg.LDAP.Search.MirrorRefresh = time.Minute
+	cfg.Access.Filters = []string{"(!(employeeType=disabled))"}
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), "mirror") {
 		t.Fatalf("err = %v", err)
 	}
-	cfg, access = baseConfig("ldap://127.0.0.1:1")
-	cfg.MirrorRefresh = time.Minute
-	cfg.Filter = "(|(uid=%u)(mail=%u))"
-	if _, err := ldapauth.New(cfg, access, nil); err == nil || !strings.Contains(err.Error(), "mirror") {
+	cfg = slapdConfig("ldap://127.0.0.1:1")
+	cfg.LDAP.Search.MirrorRefresh = time.Minute
+	cfg.LDAP.Search.Filter = "(|(uid=%u)(mail=%u))"
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), "mirror") {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -145,18 +139,11 @@ func TestMirrorRefusesAccessFilters(t *testing.T) {
 // answered from the mirror, without any refresh.
 func TestMirrorSync(t *testing.T) {
 	s := slapdtest.Start(t, slapdtest.WithSyncProv())
-	cfg, access := baseConfig(s.URL())
-	cfg.BindDN, cfg.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
-	cfg.MirrorRefresh = time.Hour // never reached: changes come by sync
-	a := newAuth(t, cfg, access)
-	m := a.Mirror()
-	deadline := time.Now().Add(10 * time.Second)
-	for !m.Syncing() {
-		if time.Now().After(deadline) {
-			t.Fatal("no sync session")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	cfg := slapdConfig(s.URL())
+	cfg.LDAP.Directory.BindDN, cfg.LDAP.Directory.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
+	cfg.LDAP.Search.MirrorRefresh = time.Hour // never reached: changes come by sync
+	a := newDaemon(t, cfg)
+	waitMirror(t, a, true)
 	ctx := context.Background()
 	req := auth.Request{User: "alice", Password: "alicepw", Service: "imap"}
 	if v := a.Authenticate(ctx, req); v.Outcome != auth.Accept {
@@ -167,7 +154,7 @@ func TestMirrorSync(t *testing.T) {
 	if err := adminConn(t, s).Modify(mod); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		v := a.Authenticate(ctx, req)
 		if v.Outcome == auth.Reject && strings.HasPrefix(v.Reason, "host not allowed") {
@@ -182,5 +169,33 @@ func TestMirrorSync(t *testing.T) {
 	a.Explain(ctx, req, &explained)
 	if !strings.Contains(explained.String(), "local mirror") {
 		t.Errorf("the refusal did not come from the mirror:\n%s", explained.String())
+	}
+}
+
+// TestMirrorAgreesWithSearch: the same case table decided through the
+// mirror and through search+bind gives identical verdicts.
+func TestMirrorAgreesWithSearch(t *testing.T) {
+	s := slapdtest.Start(t)
+	cfg := slapdConfig(s.URL())
+	cfg.LDAP.Directory.BindDN, cfg.LDAP.Directory.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
+	cfg.LDAP.Search.Attributes = []string{"mailHost", "uidNumber"}
+	plain := newDaemon(t, cfg)
+	mcfg := *cfg
+	mcfg.LDAP.Search.MirrorRefresh = time.Hour
+	mirrored := newDaemon(t, &mcfg)
+	waitMirror(t, mirrored, false)
+	ctx := context.Background()
+	for _, c := range []struct{ user, pw string }{
+		{"alice", "alicepw"}, {"alice", "wrong"}, {"star", "starpw"}, {"negated", "negatedpw"},
+		{"nohost", "nohostpw"}, {"otherhost", "otherhostpw"}, {"upper", "upperpw"}, {"twin", "twinpw"},
+		{"a*b", "metapw"}, {"a*", "metapw"}, {"ALICE", "alicepw"}, {"nobody", "x"}, {"alice", ""},
+		{"dave", "davepw"}, {"locked", "lockedpw"},
+	} {
+		req := auth.Request{User: c.user, Password: c.pw, Service: "imap"}
+		p, m := plain.Authenticate(ctx, req), mirrored.Authenticate(ctx, req)
+		if p.Outcome != m.Outcome || p.Cause != m.Cause || p.Reason != m.Reason || p.DN != m.DN ||
+			fmt.Sprint(p.Attributes) != fmt.Sprint(m.Attributes) {
+			t.Errorf("%s/%s: search+bind %+v, mirror %+v", c.user, c.pw, p, m)
+		}
 	}
 }

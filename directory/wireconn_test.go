@@ -1,4 +1,4 @@
-package ldapauth
+package directory
 
 import (
 	"bytes"
@@ -172,7 +172,7 @@ func TestReadBindResponse(t *testing.T) {
 			t.Errorf("%s: err = %v, want success", tt.name, err)
 		case tt.code != 0 && !ldap.IsErrorWithCode(err, uint16(tt.code)):
 			t.Errorf("%s: err = %v, want result %d", tt.name, err, tt.code)
-		case b.dead:
+		case b.failed:
 			t.Errorf("%s: connection marked dead after a well-formed answer", tt.name)
 		}
 	}
@@ -184,7 +184,7 @@ func TestReadResponseExtraBytesRetireConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !b.dead {
+	if !b.failed {
 		t.Error("bytes after the answer: connection still reusable")
 	}
 }
@@ -229,7 +229,7 @@ func fakeServer(t *testing.T, reply []byte) *wireConn {
 			server.Write(reply)
 		}
 	}()
-	b := newWireConn(client)
+	b := newWireConn(client, client)
 	b.id = 6 // the next request is message 7
 	return b
 }
@@ -237,14 +237,14 @@ func fakeServer(t *testing.T, reply []byte) *wireConn {
 func TestBindOverConnection(t *testing.T) {
 	b := fakeServer(t, msg(id7, bindResp("31")))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) || b.dead {
-		t.Errorf("invalid credentials: err %v dead %v", err, b.dead)
+	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) || b.failed {
+		t.Errorf("invalid credentials: err %v dead %v", err, b.failed)
 	}
 
 	b = fakeServer(t, msg("020100", bindResp("34")))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.dead {
-		t.Errorf("notice of disconnection: err %v dead %v", err, b.dead)
+	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed {
+		t.Errorf("notice of disconnection: err %v dead %v", err, b.failed)
 	}
 	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
 		t.Errorf("dead connection reused: %v", err)
@@ -253,8 +253,8 @@ func TestBindOverConnection(t *testing.T) {
 	b = fakeServer(t, nil) // never answers
 	b.nc.SetDeadline(time.Now().Add(100 * time.Millisecond))
 	err := b.bind("cn=a", "pw")
-	if !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.dead || !strings.Contains(err.Error(), "i/o timeout") {
-		t.Errorf("no answer: err %v dead %v", err, b.dead)
+	if !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed || !strings.Contains(err.Error(), "i/o timeout") {
+		t.Errorf("no answer: err %v dead %v", err, b.failed)
 	}
 	if strings.Contains(err.Error(), "pw") {
 		t.Errorf("error shows the password: %v", err)

@@ -1,4 +1,4 @@
-package ldapauth
+package directory
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -44,24 +43,30 @@ func (r role) String() string {
 	return "bind"
 }
 
-// conn is one pooled LDAP connection (a synchronous wireConn, see
-// wireconn.go) with the net.Conn requests go over, whose deadline bounds
-// every operation.
+// client is one LDAP connection as the pool uses it: the wire client
+// (wireconn.go) or go-ldap's (goldap.go). One goroutine at a time; the
+// caller sets deadlines on the conn's net.Conn.
+type client interface {
+	bind(dn, password string) error
+	search(r *searchRequest) (*ldap.SearchResult, error)
+	// idleOK tells whether an idle connection may be handed out.
+	idleOK() bool
+	// dead reports that the connection is known to be unusable.
+	dead() bool
+	// close sends an UnbindRequest when the connection is healthy, then
+	// closes it.
+	close()
+}
+
+// conn is one pooled connection with the net.Conn requests go over, whose
+// deadline bounds every operation.
 type conn struct {
-	wc     *wireConn
+	cl     client
 	nc     net.Conn
 	srv    *server
 	reused bool // came from the idle pool (may be stale)
 	broken bool // must not be reused
 }
-
-func (c *conn) close() { c.wc.close() }
-
-// closing reports that the connection is known to be unusable.
-func (c *conn) closing() bool { return c.wc.dead }
-
-// idleOK tells whether an idle connection may be handed out.
-func (c *conn) idleOK() bool { return c.wc.idleOK() }
 
 // pool lets at most MaxConns connections of one role be in use at once, and
 // keeps every healthy one idle for reuse. (Keeping only PoolSize idle made
@@ -69,18 +74,15 @@ func (c *conn) idleOK() bool { return c.wc.idleOK() }
 // service account and close it again: under sustained load that doubled
 // slapd's work per login.)
 type pool struct {
-	a     *Authenticator
+	d     *Directory
 	role  role
 	idle  chan *conn
 	slots chan struct{}
 }
 
-func newPool(a *Authenticator, r role) *pool {
-	return &pool{a: a, role: r, idle: make(chan *conn, a.cfg.MaxConns), slots: make(chan struct{}, a.cfg.MaxConns)}
+func newPool(d *Directory, r role) *pool {
+	return &pool{d: d, role: r, idle: make(chan *conn, d.cfg.MaxConns), slots: make(chan struct{}, d.cfg.MaxConns)}
 }
-
-var errBusy = errors.New("all LDAP connections busy")
-var errClosed = errors.New("authenticator closed")
 
 // get returns an idle connection or dials a new one. It waits for a free
 // slot at most until ctx ends or the configured timeout passes.
@@ -88,33 +90,33 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 	select {
 	case p.slots <- struct{}{}:
 	default:
-		t := time.NewTimer(p.a.cfg.Timeout)
+		t := time.NewTimer(p.d.cfg.Timeout)
 		select {
 		case p.slots <- struct{}{}:
 			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
-			return nil, errBusy
+			return nil, ErrBusy
 		case <-t.C:
-			return nil, errBusy
+			return nil, ErrBusy
 		}
 	}
-	if p.a.closed.Load() {
+	if p.d.closed.Load() {
 		<-p.slots
-		return nil, errClosed
+		return nil, ErrClosed
 	}
 	for {
 		select {
 		case c := <-p.idle:
-			if !c.idleOK() { // the server went away while it idled
-				c.close()
+			if !c.cl.idleOK() { // the server went away while it idled
+				c.cl.close()
 				continue
 			}
 			c.reused = true
 			return c, nil
 		default:
 		}
-		c, err := p.a.dial(ctx, p.role)
+		c, err := p.d.dial(ctx, p.role)
 		if err != nil {
 			<-p.slots
 			return nil, err
@@ -125,13 +127,13 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 
 // put returns c to the idle pool, or closes it if it is broken or the pool is full.
 func (p *pool) put(c *conn) {
-	if c.broken || c.closing() || p.a.closed.Load() {
-		c.close()
+	if c.broken || c.cl.dead() || p.d.closed.Load() || p.d.retired.Load() {
+		c.cl.close()
 	} else {
 		select {
 		case p.idle <- c:
 		default:
-			c.close()
+			c.cl.close()
 		}
 	}
 	<-p.slots
@@ -141,7 +143,7 @@ func (p *pool) drain() {
 	for {
 		select {
 		case c := <-p.idle:
-			c.close()
+			c.cl.close()
 		default:
 			return
 		}
@@ -160,11 +162,11 @@ func opDeadline(ctx context.Context, timeout time.Duration) time.Time {
 // dial connects to the first usable server: servers not recently failed
 // first, in configured order, then the failed ones (better to try than to
 // give up while one may be back).
-func (a *Authenticator) dial(ctx context.Context, r role) (*conn, error) {
+func (d *Directory) dial(ctx context.Context, r role) (*conn, error) {
 	var c *conn
-	err := a.eachServer(ctx, r.String(), func(s *server) error {
+	err := d.eachServer(ctx, r.String(), func(s *server) error {
 		var err error
-		c, err = a.dialServer(ctx, s, r)
+		c, err = d.dialServer(ctx, s, r, d.cfg.Client)
 		return err
 	})
 	return c, err
@@ -172,11 +174,11 @@ func (a *Authenticator) dial(ctx context.Context, r role) (*conn, error) {
 
 // eachServer calls try with the servers in dial's order until one
 // succeeds, marking those that fail as down.
-func (a *Authenticator) eachServer(ctx context.Context, what string, try func(*server) error) error {
+func (d *Directory) eachServer(ctx context.Context, what string, try func(*server) error) error {
 	now := time.Now()
 	var lastErr error
 	for pass := 0; pass < 2; pass++ {
-		for _, s := range a.servers {
+		for _, s := range d.servers {
 			if s.isDown(now) != (pass == 1) {
 				continue
 			}
@@ -192,66 +194,60 @@ func (a *Authenticator) eachServer(ctx context.Context, what string, try func(*s
 			}
 			s.markDown()
 			lastErr = fmt.Errorf("%s: %w", s.url, err)
-			a.log.Debug("ldap server failed", "url", s.url, "role", what, "err", err)
+			d.log.Debug("ldap server failed", "url", s.url, "role", what, "err", err)
 		}
 	}
 	return lastErr
 }
 
-// errServiceBind marks a refused service-account bind: a configuration
-// problem, not a connection problem.
-var errServiceBind = errors.New("service account bind refused")
-
-// dialServer connects to s, sets up TLS as configured and, for the search
-// role, binds as the service account (unless searches are anonymous).
-func (a *Authenticator) dialServer(ctx context.Context, s *server, r role) (*conn, error) {
-	nc, err := a.connect(ctx, s)
+// dialServer is the one way a connection is made: TCP (and the TLS
+// handshake for ldaps://), StartTLS when configured, then the chosen client
+// on top and, for the search role, the service account's bind.
+func (d *Directory) dialServer(ctx context.Context, s *server, r role, kind string) (*conn, error) {
+	deadline := opDeadline(ctx, d.cfg.Timeout)
+	dl := net.Dialer{Deadline: deadline}
+	raw, err := dl.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
 		return nil, err
 	}
-	wc := newWireConn(nc)
+	// This deadline covers the handshakes and the service bind; the
+	// caller's operation sets its own.
+	raw.SetDeadline(deadline)
+	nc := raw
+	if s.ldaps {
+		tc := tls.Client(raw, s.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		nc = tc
+	}
+	wc := newWireConn(nc, raw)
 	if s.tls != nil && !s.ldaps {
 		if err := wc.startTLS(ctx, s.tls); err != nil {
 			wc.close()
 			return nil, fmt.Errorf("StartTLS: %w", err)
 		}
+		nc = wc.nc
 	}
-	if r == roleSearch && a.cfg.BindDN != "" {
-		if err := wc.bind(a.cfg.BindDN, a.cfg.BindPassword); err != nil {
-			wc.close()
+	var cl client = wc
+	if kind == ClientGoLDAP {
+		cl = newGoLDAPConn(nc, s.tls != nil)
+	}
+	if r == roleSearch && d.cfg.BindDN != "" {
+		if err := cl.bind(d.cfg.BindDN, d.cfg.BindPassword); err != nil {
+			cl.close()
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
-				return nil, fmt.Errorf("%w (%s)", errServiceBind, a.cfg.BindDN)
+				return nil, fmt.Errorf("%w (%s)", ErrServiceBind, d.cfg.BindDN)
 			}
 			return nil, err
 		}
 	}
-	if err := wc.nc.SetDeadline(time.Time{}); err != nil {
-		wc.close()
+	if err := raw.SetDeadline(time.Time{}); err != nil {
+		cl.close()
 		return nil, err
 	}
-	return &conn{wc: wc, nc: wc.nc, srv: s}, nil
-}
-
-// connect dials s over TCP, with the TLS handshake for ldaps://. The
-// connection's deadline, set here, covers that, StartTLS and the service
-// bind; the caller clears it.
-func (a *Authenticator) connect(ctx context.Context, s *server) (net.Conn, error) {
-	deadline := opDeadline(ctx, a.cfg.Timeout)
-	d := net.Dialer{Deadline: deadline}
-	nc, err := d.DialContext(ctx, "tcp", s.addr)
-	if err != nil {
-		return nil, err
-	}
-	nc.SetDeadline(deadline)
-	if s.ldaps {
-		tc := tls.Client(nc, s.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
-			return nil, err
-		}
-		nc = tc
-	}
-	return nc, nil
+	return &conn{cl: cl, nc: nc, srv: s}, nil
 }
 
 var longAgo = time.Unix(1, 0)
@@ -259,8 +255,8 @@ var longAgo = time.Unix(1, 0)
 // run performs f on c with the operation deadline set on the connection;
 // ctx cancellation also interrupts it. timedOut reports that the deadline
 // (not the server) ended the operation.
-func (a *Authenticator) run(ctx context.Context, c *conn, f func(*conn) error) (timedOut bool, err error) {
-	deadline := opDeadline(ctx, a.cfg.Timeout)
+func (d *Directory) run(ctx context.Context, c *conn, f func(*conn) error) (timedOut bool, err error) {
+	deadline := opDeadline(ctx, d.cfg.Timeout)
 	c.nc.SetDeadline(deadline)
 	var stop func() bool
 	if ctx.Done() != nil {
@@ -279,28 +275,19 @@ func (a *Authenticator) run(ctx context.Context, c *conn, f func(*conn) error) (
 	return timedOut, err
 }
 
-// isConnErr tells connection failures (retry elsewhere) from LDAP results
-// the server sent (final answers).
-func isConnErr(err error) bool {
-	// wireConn reports every connection failure as ErrorNetwork. It may
-	// also retire itself after a valid answer (data followed it); that
-	// answer stands.
-	return ldap.IsErrorWithCode(err, ldap.ErrorNetwork)
-}
-
 // do runs f on a connection of pool p. A stale pooled connection (the
 // server restarted) gets one retry on a fresh connection; timeouts and LDAP
 // results (invalid credentials above all) are never retried.
-func (a *Authenticator) do(ctx context.Context, p *pool, f func(*conn) error) (srv *server, err error) {
+func (d *Directory) do(ctx context.Context, p *pool, f func(*conn) error) (srv string, err error) {
 	for attempt := 0; ; attempt++ {
 		c, err := p.get(ctx)
 		if err != nil {
-			return nil, err
+			return "", timeoutErr(ctx, err)
 		}
-		timedOut, err := a.run(ctx, c, f)
-		if err == nil || !isConnErr(err) {
+		timedOut, err := d.run(ctx, c, f)
+		if err == nil || !IsConnection(err) {
 			p.put(c)
-			return c.srv, err
+			return c.srv.url, err
 		}
 		c.broken = true
 		p.put(c)
@@ -309,22 +296,25 @@ func (a *Authenticator) do(ctx context.Context, p *pool, f func(*conn) error) (s
 		}
 		if timedOut || !c.reused || attempt > 0 || ctx.Err() != nil {
 			if timedOut {
-				err = fmt.Errorf("%s: timed out: %w", c.srv.url, err)
+				err = fmt.Errorf("%s: %w: %w", c.srv.url, ErrTimeout, err)
 			} else {
 				err = fmt.Errorf("%s: %w", c.srv.url, err)
 			}
-			return c.srv, err
+			return c.srv.url, err
 		}
 	}
 }
 
-// isCertError reports a refused server certificate, found through the
-// wrapping go-ldap does (it formats StartTLS errors with %v).
-func isCertError(err error) bool {
-	var cv *tls.CertificateVerificationError
-	if errors.As(err, &cv) {
-		return true
+// timeoutErr marks a dial that ended by a deadline (the caller's or ours)
+// as ErrTimeout, so that callers need not know net's error types.
+func timeoutErr(ctx context.Context, err error) error {
+	var ne net.Error
+	if errors.Is(err, ErrTimeout) || errors.Is(err, ErrBusy) || errors.Is(err, ErrClosed) || errors.Is(err, ErrServiceBind) {
+		return err
 	}
-	s := err.Error()
-	return strings.Contains(s, "x509:") || strings.Contains(s, "failed to verify certificate")
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		(errors.As(err, &ne) && ne.Timeout()) || ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	return err
 }

@@ -1,0 +1,360 @@
+// Package directory is mailauthd's LDAP transport: pooled connections to a
+// list of servers tried in order, TLS (ldaps:// or StartTLS), the optional
+// service-account bind on search connections, and a deadline on every dial
+// and every operation. It binds and searches; what a login means is
+// package ldapauth's business.
+//
+// Two clients speak LDAP over the same dial path: "wire" (default), a small
+// synchronous client for the three operations a login needs (wireconn.go),
+// and "go-ldap" (github.com/go-ldap/ldap/v3), the general client, kept so
+// the two can be compared on the same cases and an admin can switch if a
+// directory misbehaves with the fast one. The mirror's long searches (paged,
+// RFC 4533) always use go-ldap (DialGoLDAP).
+package directory
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultTimeout  = 5 * time.Second
+	DefaultPoolSize = 8
+	// ClientWire and ClientGoLDAP name the two clients (Config.Client).
+	ClientWire   = "wire"
+	ClientGoLDAP = "go-ldap"
+)
+
+// Config is the transport part of the ldap: section.
+type Config struct {
+	URLs            []string `yaml:"urls"`                     // tried in order; failover on connection failures
+	StartTLS        bool     `yaml:"start_tls"`                // upgrade ldap:// connections; a refused certificate = no connection
+	CAFile          string   `yaml:"ca_file"`                  // PEM bundle; empty = system roots
+	InsecureSkipTLS bool     `yaml:"tls_insecure_skip_verify"` // off by default; logged loudly when on
+	BindDN          string   `yaml:"bind_dn"`                  // empty = anonymous search
+	// BindPassword is read from BindPasswordFile by New, or comes from a
+	// saslauthd.conf's ldap_bind_pw.
+	BindPassword     string        `yaml:"-"`
+	BindPasswordFile string        `yaml:"bind_password_file"` // first line, trailing newline stripped
+	Timeout          time.Duration `yaml:"timeout"`            // every dial and operation; default 5s
+	PoolSize         int           `yaml:"pool_size"`          // default 8; sets max_conns' default (4×)
+	MaxConns         int           `yaml:"max_conns"`          // connections in use at once per role
+	Client           string        `yaml:"client"`             // "wire" (default) or "go-ldap"
+}
+
+// DefaultConfig is what a configuration file starts from.
+func DefaultConfig() Config {
+	return Config{Timeout: DefaultTimeout, PoolSize: DefaultPoolSize, Client: ClientWire}
+}
+
+// Errors a caller tells apart with errors.Is. A result the server sent comes
+// back as *ldap.Error with its result code; a failed connection as
+// *ldap.Error with code ldap.ErrorNetwork (see IsConnection).
+var (
+	// ErrBusy: every connection of the role was in use for the whole wait.
+	ErrBusy = errors.New("all LDAP connections busy")
+	// ErrClosed: the Directory was closed (a reload replaced it, or shutdown).
+	ErrClosed = errors.New("directory closed")
+	// ErrServiceBind: the service account's bind was refused, a
+	// configuration problem rather than an outage.
+	ErrServiceBind = errors.New("service account bind refused")
+	// ErrTimeout: the operation's deadline (ldap.timeout or the caller's)
+	// passed before the server answered.
+	ErrTimeout = errors.New("timed out")
+)
+
+// IsConnection reports a failed connection (refused, reset, malformed
+// answer), as opposed to a result the server sent.
+func IsConnection(err error) bool { return ldap.IsErrorWithCode(err, ldap.ErrorNetwork) }
+
+// IsCertificate reports that TLS failed because the server's certificate
+// was refused (unknown authority, wrong name, expired).
+func IsCertificate(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
+}
+
+// Directory is safe for concurrent use.
+type Directory struct {
+	cfg          Config
+	log          *slog.Logger
+	servers      []*server
+	search, bind *pool
+	closed       atomic.Bool
+	retired      atomic.Bool // pool nothing more: a reload replaced this Directory
+}
+
+// New checks cfg and reads the bind password file. It does not contact
+// LDAP: the daemon starts while LDAP is down and answers TempFail until it
+// is back.
+func New(cfg Config, log *slog.Logger) (*Directory, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Directory{log: log}
+	if err := d.configure(&cfg); err != nil {
+		return nil, err
+	}
+	d.cfg = cfg
+	if cfg.InsecureSkipTLS {
+		log.Warn("LDAP TLS certificate verification is OFF (tls_insecure_skip_verify): anyone on the path can impersonate the directory")
+	}
+	d.search = newPool(d, roleSearch)
+	d.bind = newPool(d, roleBind)
+	return d, nil
+}
+
+func (d *Directory) configure(cfg *Config) error {
+	if len(cfg.URLs) == 0 {
+		return errors.New("ldap.urls: at least one ldap:// or ldaps:// URL is required")
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Timeout < 0 || cfg.Timeout > 5*time.Minute {
+		return fmt.Errorf("ldap.timeout: %v is out of range (0 < timeout <= 5m)", cfg.Timeout)
+	}
+	if cfg.PoolSize == 0 {
+		cfg.PoolSize = DefaultPoolSize
+	}
+	if cfg.PoolSize < 0 || cfg.PoolSize > 1024 {
+		return fmt.Errorf("ldap.pool_size: %d is out of range (1..1024)", cfg.PoolSize)
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 4 * cfg.PoolSize
+	}
+	if cfg.MaxConns < cfg.PoolSize || cfg.MaxConns > 4096 {
+		return fmt.Errorf("ldap.max_conns: %d is out of range (pool_size..4096)", cfg.MaxConns)
+	}
+	switch cfg.Client {
+	case "":
+		cfg.Client = ClientWire
+	case ClientWire, ClientGoLDAP:
+	default:
+		return fmt.Errorf("ldap.client: %q is not %q or %q", cfg.Client, ClientWire, ClientGoLDAP)
+	}
+
+	var roots *x509.CertPool
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return fmt.Errorf("ldap.ca_file: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("ldap.ca_file: %s holds no PEM certificate", cfg.CAFile)
+		}
+	}
+	for _, raw := range cfg.URLs {
+		s, err := parseServer(raw, cfg, roots)
+		if err != nil {
+			return err
+		}
+		d.servers = append(d.servers, s)
+	}
+
+	if cfg.BindPasswordFile != "" {
+		if cfg.BindPassword != "" {
+			return errors.New("ldap.bind_password_file: a bind password is also given; keep one")
+		}
+		pw, err := readSecretFile(cfg.BindPasswordFile)
+		if err != nil {
+			return fmt.Errorf("ldap.bind_password_file: %w", err)
+		}
+		cfg.BindPassword = pw
+	}
+	if cfg.BindDN != "" {
+		if _, err := ldap.ParseDN(cfg.BindDN); err != nil {
+			return fmt.Errorf("ldap.bind_dn: %w", err)
+		}
+		if cfg.BindPassword == "" {
+			// An empty password would be an unauthenticated bind (RFC 4513):
+			// anonymous access while the admin believes a service account is used.
+			return errors.New("ldap.bind_dn is set but the bind password is empty (bind_password_file)")
+		}
+	} else if cfg.BindPassword != "" {
+		return errors.New("ldap: a bind password is given without ldap.bind_dn")
+	}
+	return nil
+}
+
+func parseServer(raw string, cfg *Config, roots *x509.CertPool) (*server, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("ldap.urls: %q: %w", raw, err)
+	}
+	s := &server{url: raw}
+	port := ""
+	switch strings.ToLower(u.Scheme) {
+	case "ldap":
+		port = "389"
+	case "ldaps":
+		port, s.ldaps = "636", true
+		if cfg.StartTLS {
+			return nil, fmt.Errorf("ldap.urls: %q is ldaps:// but start_tls is on; use one or the other", raw)
+		}
+	default:
+		return nil, fmt.Errorf("ldap.urls: %q: scheme must be ldap:// or ldaps://", raw)
+	}
+	if u.Hostname() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return nil, fmt.Errorf("ldap.urls: %q: want scheme://host[:port] only", raw)
+	}
+	if u.Port() != "" {
+		port = u.Port()
+	}
+	s.addr = net.JoinHostPort(u.Hostname(), port)
+	if s.ldaps || cfg.StartTLS {
+		s.tls = &tls.Config{
+			ServerName:         u.Hostname(),
+			RootCAs:            roots,
+			MinVersion:         tls.VersionTLS12,
+			InsecureSkipVerify: cfg.InsecureSkipTLS,
+		}
+	}
+	return s, nil
+}
+
+// readSecretFile returns the first line of a secret file (a bind
+// password), without its line ending; an empty line is an error, as it
+// would be an empty password.
+func readSecretFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	pw, err := auth.ReadPasswordLine(f)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return pw, nil
+}
+
+// Identity says how searches are made, for --explain and doctor.
+func (d *Directory) Identity() string {
+	if d.cfg.BindDN == "" {
+		return "anonymously"
+	}
+	return "as " + d.cfg.BindDN
+}
+
+// Timeout is the bound on each operation (ldap.timeout).
+func (d *Directory) Timeout() time.Duration { return d.cfg.Timeout }
+
+// Close closes the idle connections (politely, with an UnbindRequest);
+// operations after Close fail with ErrClosed. Connections in use are
+// closed when their operation returns.
+func (d *Directory) Close() error {
+	d.closed.Store(true)
+	d.search.drain()
+	d.bind.drain()
+	return nil
+}
+
+// SearchRequest is what a login's search sets; the rest is fixed:
+// derefAliases never, typesOnly false, a server-side time limit from the
+// timeout.
+type SearchRequest struct {
+	Base       string
+	Scope      int // ldap.ScopeWholeSubtree, ScopeSingleLevel, ScopeBaseObject
+	SizeLimit  int32
+	Filter     string // compiled by the Directory; templates are checked at start
+	Attributes []string
+}
+
+// Search runs r on a search connection (bound as the service account, or
+// anonymous). Like go-ldap's Search, a result code other than success comes
+// back as *ldap.Error together with the entries received; server is the URL
+// of the server that answered.
+func (d *Directory) Search(ctx context.Context, r *SearchRequest) (res *ldap.SearchResult, server string, err error) {
+	f, err := ldap.CompileFilter(r.Filter)
+	if err != nil {
+		return nil, "", err
+	}
+	sr := searchRequest{base: r.Base, scope: r.Scope, sizeLimit: r.SizeLimit, timeLimit: d.timeLimit(),
+		filter: f.Bytes(), filterText: r.Filter, attrs: r.Attributes}
+	srv, err := d.do(ctx, d.search, func(c *conn) error {
+		var err error
+		res, err = c.cl.search(&sr)
+		return err
+	})
+	return res, srv, err
+}
+
+// BindResult is a successful bind's answer.
+type BindResult struct {
+	Server string // URL of the server that answered
+}
+
+// Bind checks a password with a simple bind as dn on a bind-role
+// connection. A nil error means the server answered success. An empty
+// password is refused without any traffic (RFC 4513 would make it an
+// unauthenticated bind).
+func (d *Directory) Bind(ctx context.Context, dn, password string) (BindResult, error) {
+	if password == "" {
+		return BindResult{}, ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
+	}
+	srv, err := d.do(ctx, d.bind, func(c *conn) error { return c.cl.bind(dn, password) })
+	return BindResult{Server: srv}, err
+}
+
+// timeLimit is the server-side search time limit in whole seconds (>= 1).
+func (d *Directory) timeLimit() int32 {
+	return int32(max(1, (d.cfg.Timeout+time.Second-1)/time.Second))
+}
+
+// DialGoLDAP connects a go-ldap client, bound as the service account, to
+// the first server that answers (in the order logins use), over the same
+// dial path as every other connection. It is the mirror's connection: its
+// paged and RFC 4533 searches need go-ldap's asynchronous reader, and it is
+// not from the pool (a refresh is long and would hold a slot). ctx's
+// deadline, if any, bounds the connection's whole life; cancelling ctx ends
+// it at once. release closes it.
+func (d *Directory) DialGoLDAP(ctx context.Context) (*ldap.Conn, func(), error) {
+	if d.closed.Load() {
+		return nil, nil, ErrClosed
+	}
+	var c *conn
+	err := d.eachServer(ctx, "mirror", func(s *server) error {
+		var err error
+		c, err = d.dialServer(ctx, s, roleSearch, ClientGoLDAP)
+		return err
+	})
+	if err != nil {
+		return nil, nil, timeoutErr(ctx, err)
+	}
+	g := c.cl.(*goLDAPConn)
+	if dl, ok := ctx.Deadline(); ok {
+		c.nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(longAgo) })
+	return g.lc, func() { stop(); g.close() }, nil
+}
+
+// Retire is the first half of a reload's clean-up: idle connections are
+// closed at once and connections still in use are closed, not pooled, when
+// their operation ends, so an old configuration holds no more connections
+// than it has requests in flight. Operations keep working until Close.
+func (d *Directory) Retire() {
+	d.retired.Store(true)
+	d.search.drain()
+	d.bind.drain()
+}

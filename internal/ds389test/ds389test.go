@@ -141,7 +141,9 @@ func (s *Server) AdminPassword() string { return AdminPassword }
 func (s *Server) BaseDN() string { return Suffix }
 
 // TLSConfig trusts the test CA and verifies the name 127.0.0.1.
-func (s *Server) TLSConfig() (*tls.Config, error) { return testca.ClientConfig(s.CAFile(), "127.0.0.1") }
+func (s *Server) TLSConfig() (*tls.Config, error) {
+	return testca.ClientConfig(s.CAFile(), "127.0.0.1")
+}
 
 // ErrorLog returns the last part of the instance's errors log, for failure messages.
 func (s *Server) ErrorLog() string {
@@ -377,7 +379,7 @@ func (s *Server) editDSE() error {
 		"nsslapd-accesslog-logbuffering": "off",
 	}
 	entries := map[string]map[string]string{
-		"cn=config":                               cfg,
+		"cn=config": cfg,
 		"cn=MemberOf Plugin,cn=plugins,cn=config": {"nsslapd-pluginEnabled": "on"},
 	}
 	if s.opts.contentSync {

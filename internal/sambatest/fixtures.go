@@ -89,7 +89,8 @@ const (
 // Provisioned returns the directory of the provisioned domain with its
 // fixtures, building it first if needed. The cache lives in
 // $MAILAUTHD_SAMBA_CACHE, else the user cache directory
-// (~/.cache/mailauthd/sambatest), in a subdirectory named after
+// (~/.cache/mailauthd/sambatest; the temporary directory without $HOME),
+// in a subdirectory named after
 // CacheVersion and the Samba version. Concurrent test binaries wait for
 // one build (flock).
 func Provisioned() (string, error) {
@@ -100,8 +101,8 @@ func Provisioned() (string, error) {
 	root := os.Getenv("MAILAUTHD_SAMBA_CACHE")
 	if root == "" {
 		d, err := os.UserCacheDir()
-		if err != nil {
-			return "", err
+		if err != nil { // no $HOME: a shared temporary location will do
+			d = os.TempDir()
 		}
 		root = filepath.Join(d, "mailauthd", "sambatest")
 	}

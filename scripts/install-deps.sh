@@ -3,7 +3,8 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
-      libpam0g-dev libpam-modules openssl ca-certificates systemd)
+      libpam0g-dev libpam-modules openssl ca-certificates systemd
+      389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +18,6 @@ echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system daemons we do not use; tests start their own copies.
-for s in slapd saslauthd postfix dovecot; do
+for s in slapd saslauthd postfix dovecot dirsrv.target samba-ad-dc smbd nmbd winbind; do
   $SUDO systemctl stop "$s" 2>/dev/null || $SUDO service "$s" stop 2>/dev/null || true
 done

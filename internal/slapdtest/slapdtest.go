@@ -76,6 +76,9 @@ type options struct {
 	noAnonymousRead bool
 	unauthBind      bool
 	syncProv        bool
+	ppolicy         bool
+	idleTimeout     int
+	referrals       bool
 	readyTimeout    time.Duration
 }
 
@@ -109,6 +112,28 @@ func WithUnauthenticatedBind() Option { return func(o *options) { o.unauthBind =
 // WithSyncProv loads the syncprov overlay on the database, so the server
 // offers RFC 4533 content synchronisation (refreshAndPersist searches).
 func WithSyncProv() Option { return func(o *options) { o.syncProv = true } }
+
+// WithPPolicy loads the ppolicy overlay (OpenLDAP 2.5: the module carries
+// its schema) with cn=default,ou=policies as the default policy —
+// pwdMaxFailure 3, pwdLockout TRUE until an administrator unlocks,
+// pwdMustChange TRUE — and the accounts of testdata/ldap/ppolicy.ldif:
+// uid=pplocked (pwdAccountLockedTime 000001010000Z), uid=ppmustchange
+// (pwdReset TRUE), uid=ppexpired (expired, no grace), uid=ppgrace (expired,
+// two grace binds) and uid=pplockable; each password is "<uid>pw". The
+// default policy then applies to every other user too. ppolicy_use_lockout
+// is on, so a locked account's bind says accountLocked in the response
+// control. FINDINGS-ppolicy.md has what binds return.
+func WithPPolicy() Option { return func(o *options) { o.ppolicy = true } }
+
+// WithIdleTimeout sets slapd's idletimeout (seconds): connections idle that
+// long are closed.
+func WithIdleTimeout(seconds int) Option { return func(o *options) { o.idleTimeout = seconds } }
+
+// WithReferrals also loads testdata/ldap/referrals.ldif: 20 referral
+// objects under ou=people (cn=referral0..19), so a subtree search of the
+// people base returns 20 search continuation references beside its
+// entries unless it sends ManageDsaIT. Their URLs point at 127.0.0.1:1.
+func WithReferrals() Option { return func(o *options) { o.referrals = true } }
 
 // WithReadyTimeout bounds the wait for slapd to answer (default 15s).
 func WithReadyTimeout(d time.Duration) Option { return func(o *options) { o.readyTimeout = d } }
@@ -214,6 +239,8 @@ argsfile {{.Dir}}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
 {{if .SyncProv}}moduleload syncprov
+{{end}}{{if .PPolicy}}moduleload ppolicy
+{{end}}{{if .IdleTimeout}}idletimeout {{.IdleTimeout}}
 {{end}}TLSCACertificateFile {{.Dir}}/ca.pem
 TLSCertificateFile {{.Dir}}/{{.CertName}}.pem
 TLSCertificateKeyFile {{.Dir}}/{{.CertName}}.key
@@ -240,6 +267,9 @@ access to *
 	by anonymous {{if .NoAnonymousRead}}auth{{else}}read{{end}}
 	by * none
 {{if .SyncProv}}overlay syncprov
+{{end}}{{if .PPolicy}}overlay ppolicy
+ppolicy_default "cn=default,ou=policies,` + Suffix + `"
+ppolicy_use_lockout
 {{end}}`))
 
 func (s *Server) prepare() error {
@@ -259,7 +289,7 @@ func (s *Server) prepare() error {
 	err := confTemplate.Execute(&conf, map[string]any{
 		"Testdata": TestdataDir(), "Dir": s.Dir, "CertName": certName,
 		"UnauthBind": o.unauthBind, "NoAnonymousRead": o.noAnonymousRead,
-		"SyncProv": o.syncProv,
+		"SyncProv": o.syncProv, "PPolicy": o.ppolicy, "IdleTimeout": o.idleTimeout,
 	})
 	if err != nil {
 		return err
@@ -269,6 +299,12 @@ func (s *Server) prepare() error {
 		return err
 	}
 	ldifs := append([]string(nil), o.ldif...)
+	if o.ppolicy {
+		ldifs = append(ldifs, filepath.Join(TestdataDir(), "ppolicy.ldif"))
+	}
+	if o.referrals {
+		ldifs = append(ldifs, filepath.Join(TestdataDir(), "referrals.ldif"))
+	}
 	if o.users > 0 {
 		p := filepath.Join(s.Dir, "generated-users.ldif")
 		if err := writeGeneratedUsers(p, o.users); err != nil {

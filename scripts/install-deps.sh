@@ -3,7 +3,8 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
-      libpam0g-dev libpam-modules openssl ca-certificates systemd)
+      libpam0g-dev libpam-modules openssl ca-certificates systemd
+      dovecot-auth-lua lua-socket debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

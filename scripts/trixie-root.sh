@@ -21,7 +21,9 @@ recipe=1
 # Trixie's peers for the Dovecot 2.4 tests, then the host's test peers (the
 # pkgs=(...) list of install-deps.sh, so the two never drift apart), then what
 # building and testing a checkout needs.
+pkgs=()
 eval "$(sed -n '/^pkgs=(/,/)/p' "$here/install-deps.sh")"
+[ ${#pkgs[@]} -gt 0 ] || { echo "trixie-root: no pkgs=(...) list in $here/install-deps.sh" >&2; exit 1; }
 pkgs=(dovecot-core dovecot-auth-lua lua-socket "${pkgs[@]}" ca-certificates make gcc libc6-dev git)
 mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
 stamp="recipe=$recipe suite=trixie variant=minbase packages=${pkgs[*]}"

@@ -343,7 +343,7 @@ func (s *Server) abort() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for r := range s.conns {
-		go r.cancel(context.Canceled) // may answer its client: not under s.mu
+		go r.abort() // may answer its client: not under s.mu
 		r.c.Close()
 	}
 }
@@ -407,17 +407,20 @@ func (r *conn) end() {
 	<-s.slots
 }
 
-// decide runs the Authenticator in the connection's goroutine, with r as
-// its context (deadline RequestTimeout) and a panic guard, and replies. If
-// the Authenticator overruns its deadline, or Shutdown gives up on it, the
-// goroutine that ends the context answers the client at once (tempfail)
-// while this one waits for the call: the connection's slot stays taken until
+// decide runs the Authenticator in the connection's goroutine, with a
+// context whose deadline is RequestTimeout and a panic guard, and replies.
+// If the Authenticator overruns its deadline, or Shutdown gives up on it,
+// the context's AfterFunc answers the client at once (tempfail) while this
+// goroutine waits for the call: the connection's slot stays taken until
 // the call returns, so a stuck backend can never pile up more calls than
 // MaxConns.
 func (r *conn) decide(req auth.Request) {
 	s := r.s
+	timeout := orDefault(s.RequestTimeout, DefaultRequestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	r.mu.Lock()
-	if r.err != nil { // Shutdown gave up before the request was read
+	if r.aborted { // Shutdown gave up before the request was read
 		r.answered = true
 		r.mu.Unlock()
 		r.d.outcome, r.d.reason = auth.TempFail.String(), "server shutting down"
@@ -425,22 +428,21 @@ func (r *conn) decide(req auth.Request) {
 		return
 	}
 	r.running = true
+	r.cancelReq = cancel
 	r.mu.Unlock()
-	timeout := orDefault(s.RequestTimeout, DefaultRequestTimeout)
-	r.deadline = time.Now().Add(timeout)
-	r.timer = time.AfterFunc(timeout, r.expire)
+	stop := context.AfterFunc(ctx, func() { r.interrupt(ctx.Err()) })
 
-	v, panicked := s.callAuthenticator(r, req)
+	v, panicked := s.callAuthenticator(ctx, req)
 
-	r.timer.Stop()
+	stop()
 	r.mu.Lock()
 	r.running = false
+	r.cancelReq = nil
 	late, wd := r.answered, r.watchdogd
 	r.answered = true
 	r.mu.Unlock()
-	r.cancel(context.Canceled) // the call is over: release derived contexts
 	if late {
-		<-wd // the watchdog answered; let it finish before the connection closes
+		<-wd // the interrupt answered; let it finish before the connection closes
 		return
 	}
 	d := &r.d

@@ -103,6 +103,10 @@ type Verdict struct {
 	Reason string
 	// DN is the directory entry the user resolved to, when known.
 	DN string
+	// User is the name the entry is known by (ldap.canonical_user) on an
+	// Accept: what a front door hands to the mail store, whatever case,
+	// spacing or realm the client typed.
+	User string
 	// Attributes holds the non-secret attributes fetched with the user
 	// (mapped attributes for Dovecot fields, host, service), lower-cased names.
 	// Shared: callers must not modify it.

@@ -50,9 +50,11 @@ type Authenticator struct {
 
 	hostnames     []string
 	scope         int
-	attrs         []string        // fetched with the user: host, service, cfg.Attributes
+	attrs         []string        // fetched with the user: host, service, realm, canonical, cfg.Attributes
 	fetched       map[string]bool // attrs, lower-cased
 	baseHasTokens bool
+	realm         realmRule
+	canonical     *canonical // nil: the login as sent is the canonical name
 }
 
 var _ auth.Authenticator = (*Authenticator)(nil)
@@ -228,7 +230,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 		}
 		entry = found
 	}
-	return a.applyAccess(ctx, req, ex, d, &tv, entry)
+	return a.applyAccess(ctx, req.SplitRealm(), ex, d, &tv, entry)
 }
 
 // searchAndBind finds the user's entry and, for an authentication, checks
@@ -296,7 +298,13 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 // applyAccess applies the host, service and filter rules to the user's
 // entry, after the password was checked (or for a lookup).
 func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *explainer, d *decision, tv *tokenValues, entry *ldap.Entry) auth.Verdict {
-	// 3. Access rules.
+	// 3. The realm is part of the identity, then the access rules.
+	ok, why := a.realm.check(req.Realm, tv, entry)
+	ex.step("realm: %s", why)
+	if !ok {
+		d.detail = "realm: " + why
+		return auth.Rejected(auth.CausePolicy, "realm not served: "+req.Realm)
+	}
 	if a.access.HostAttribute != "" {
 		vals := entry.GetEqualFoldAttributeValues(a.access.HostAttribute)
 		if len(vals) == 0 && a.access.AllowMissingHost {
@@ -347,8 +355,23 @@ func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *e
 			attrs[name] = at.Values
 		}
 	}
+	v := auth.Accepted(entry.DN, attrs)
+	v.User = tv.user
+	if tv.realm != "" && req.Realm != "" {
+		v.User += "@" + req.Realm
+	}
+	if a.canonical != nil {
+		name, err := a.canonical.build(tv, entry)
+		if err != nil {
+			d.detail = err.Error()
+			ex.step("canonical user: %v: refused", err)
+			return auth.Rejected(auth.CausePolicy, err.Error())
+		}
+		v.User = name
+	}
+	ex.step("canonical user: %s", v.User)
 	d.detail = "ok"
-	return auth.Accepted(entry.DN, attrs)
+	return v
 }
 
 // checkFilter runs access filter i with the user's DN as base, scope base:

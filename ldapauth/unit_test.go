@@ -278,3 +278,48 @@ func TestDefaultsAndHostnames(t *testing.T) {
 		t.Errorf("hostnames = %v, want first %q", names, h)
 	}
 }
+
+func TestDefaultCanonical(t *testing.T) {
+	for _, tc := range []struct {
+		filter, want string
+		ok           bool
+	}{
+		{"(uid=%u)", "%{uid}%R", true},
+		{"(&(objectClass=posixAccount)(uid=%u))", "%{uid}%R", true},
+		{"(mail=%U@%d)", "%{mail}", true},
+		{"(mail=%u@%r)", "%{mail}", true},
+		{"(mail=%u%R)", "%{mail}", true},
+		{"(sAMAccountName=%U)", "%{sAMAccountName}%R", true},
+		{"(|(uid=%u)(mail=%u))", "", false}, // two login attributes: no single canonical one
+		{"(cn=%d)", "", false},
+	} {
+		got, ok := defaultCanonical(tc.filter)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("defaultCanonical(%q) = %q %v, want %q %v", tc.filter, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestRealmConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config, *AccessConfig)
+		err    string
+	}{
+		{"realm with @", func(_ *Config, a *AccessConfig) { a.Realms = []string{"@example.org"} }, "access.realms[0]"},
+		{"empty realm", func(_ *Config, a *AccessConfig) { a.Realms = []string{""} }, "access.realms[0]"},
+		{"bad realm attribute", func(_ *Config, a *AccessConfig) { a.RealmAttribute = "mail box" }, "access.realm_attribute"},
+		{"canonical token", func(c *Config, _ *AccessConfig) { c.CanonicalUser = "%n" }, "unknown token %n"},
+		{"canonical brace", func(c *Config, _ *AccessConfig) { c.CanonicalUser = "%{mail" }, "without }"},
+		{"canonical password", func(c *Config, _ *AccessConfig) { c.CanonicalUser = "%{userPassword}" }, "not an attribute name"},
+	} {
+		c := DefaultConfig()
+		c.Base = "dc=example,dc=org"
+		a := DefaultAccessConfig()
+		a.Hostnames = []string{"mail.example.org"}
+		tc.mutate(&c, &a)
+		if _, err := New(nil, c, a, nil, nil); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
+		}
+	}
+}

@@ -109,6 +109,7 @@ ldap:
   timeout: 2s
 access:
   hostnames: [mail.example.org, mail]
+  realms: [example.org, example.net]
 checkpassword:
   timeout: 3s
 dovecot:

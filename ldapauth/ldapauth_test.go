@@ -547,7 +547,7 @@ func TestRealms(t *testing.T) {
 			{login("alice@example.org", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
 			{login("alice@Example.Org", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
 			{login("alice@evil.test", "", "alicepw"), auth.Reject, notServed("evil.test"), ""},
-			{login("dave", "example.net", "davepw"), auth.Reject, notServed("example.net"), ""}, // dave's mail is @example.org
+			{login("dave", "example.net", "davepw"), auth.Reject, notServed("example.net"), ""},  // dave's mail is @example.org
 			{login("star@example.org", "", "starpw"), auth.Reject, notServed("example.org"), ""}, // no mail at all
 		}},
 		{"filter token", func(c *testConfig, _ *ldapauth.AccessConfig) { c.Filter = "(mail=%U@%d)" }, []tc{

@@ -40,13 +40,31 @@ type Mirror interface {
 	Lookup(login string) (*ldap.Entry, bool)
 }
 
+// Throttle limits password guessing (*throttle.Throttle). The decision
+// asks it before any directory traffic, once the entry is known and before
+// its password is tried (a refusal there never reaches the directory's own
+// lockout counter), and tells it every outcome.
+type Throttle interface {
+	Before(ctx context.Context, req auth.Request) *auth.Verdict
+	BeforeBind(ctx context.Context, req auth.Request, dn string) *auth.Verdict
+	After(ctx context.Context, req auth.Request, v auth.Verdict)
+}
+
+// Options are the decision's optional parts.
+type Options struct {
+	Logger   *slog.Logger // nil: discard
+	Mirror   Mirror       // nil: every login searches
+	Throttle Throttle     // nil: no throttling
+}
+
 // Authenticator is safe for concurrent use.
 type Authenticator struct {
-	cfg    Config
-	access AccessConfig
-	log    *slog.Logger
-	dir    Directory
-	mirror Mirror // nil unless ldap.mirror_refresh > 0
+	cfg      Config
+	access   AccessConfig
+	log      *slog.Logger
+	dir      Directory
+	mirror   Mirror   // nil unless ldap.mirror_refresh > 0
+	throttle Throttle // nil: off
 
 	hostnames     []string
 	scope         int
@@ -108,6 +126,12 @@ type decision struct {
 func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex *explainer) auth.Verdict {
 	d := decision{user: req.User, service: req.Service}
 	v := a.decideInner(ctx, req, m, ex, &d)
+	if v.DN == "" && v.Outcome == auth.Reject {
+		v.DN = d.dn // the entry a refusal concerns, for the throttle and the control socket's log
+	}
+	if m == modeAuth && a.throttle != nil && v.Cause != auth.CauseInvalid {
+		a.throttle.After(ctx, req, v)
+	}
 	if v.Cause == auth.CauseAmbiguous {
 		a.log.Warn("ldap: login matches several entries", "user", d.user, "detail", d.detail)
 	}
@@ -173,6 +197,12 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 		}
 	}
 
+	if m == modeAuth && a.throttle != nil {
+		if v := a.throttle.Before(ctx, req); v != nil {
+			ex.step("throttle: %s: refused without asking the directory", v.Reason)
+			return *v
+		}
+	}
 	tv := requestValues(req, a.cfg.DefaultRealm)
 	var buf [256]byte
 	fb, err := expand(buf[:0], a.cfg.Filter, &tv, ldap.EscapeFilter)
@@ -199,6 +229,9 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	if m == modeAuth && !a.baseHasTokens {
 		if me := a.mirrored(&tv); me != nil {
 			ex.step("user found in the local mirror: %s", me.DN)
+			if v := a.guard(ctx, req, me.DN, ex, d); v != nil {
+				return *v
+			}
 			_, err := a.dir.Bind(ctx, me.DN, req.Password)
 			switch {
 			case err == nil:
@@ -279,6 +312,9 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 		return auth.Rejected(auth.CauseWrongPassword, "wrong password"), nil
 	}
 	if m == modeAuth {
+		if v := a.guard(ctx, req, entry.DN, ex, d); v != nil {
+			return *v, nil
+		}
 		br, err := a.dir.Bind(ctx, entry.DN, req.Password)
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
@@ -293,6 +329,20 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 		ex.step("password: ok (bind as user on %s)", br.Server)
 	}
 	return auth.Verdict{}, entry
+}
+
+// guard asks the throttle, once the entry is known, whether its password
+// may be tried.
+func (a *Authenticator) guard(ctx context.Context, req auth.Request, dn string, ex *explainer, d *decision) *auth.Verdict {
+	if a.throttle == nil {
+		return nil
+	}
+	v := a.throttle.BeforeBind(ctx, req, dn)
+	if v != nil {
+		d.dn, d.detail = dn, v.Reason
+		ex.step("throttle: %s: refused without asking the directory", v.Reason)
+	}
+	return v
 }
 
 // applyAccess applies the host, service and filter rules to the user's

@@ -60,7 +60,7 @@ func newAuthDir(t testing.TB, cfg testConfig, access ldapauth.AccessConfig) (*ld
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := ldapauth.New(dir, cfg.searchConfig, access, nil, log)
+	a, err := ldapauth.New(dir, cfg.searchConfig, access, ldapauth.Options{Logger: log})
 	if err != nil {
 		dir.Close()
 		t.Fatal(err)

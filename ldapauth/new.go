@@ -33,16 +33,13 @@ func DefaultAccessConfig() AccessConfig {
 }
 
 // New checks cfg and access and resolves this host's names; dir is the
-// transport and m the optional mirror (nil: every login searches). It does
-// not contact LDAP.
-func New(dir Directory, cfg Config, access AccessConfig, m Mirror, logger *slog.Logger) (*Authenticator, error) {
+// transport. It does not contact LDAP.
+func New(dir Directory, cfg Config, access AccessConfig, opts Options) (*Authenticator, error) {
+	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Authenticator{log: logger, dir: dir}
-	if m != nil {
-		a.mirror = m
-	}
+	a := &Authenticator{log: logger, dir: dir, mirror: opts.Mirror, throttle: opts.Throttle}
 	if err := a.configure(&cfg, &access); err != nil {
 		return nil, fmt.Errorf("ldapauth: %w", err)
 	}

@@ -228,7 +228,7 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		c, a := good()
 		tc.mutate(&c, &a)
-		_, err := New(nil, c, a, nil, nil)
+		_, err := New(nil, c, a, Options{})
 		if tc.err == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.name, err)
@@ -252,7 +252,7 @@ func TestMirrorConfig(t *testing.T) {
 	c.Attributes = []string{"mailHost"}
 	mc, on, err := MirrorConfig(c, a)
 	if !on || err != nil || mc.Base != c.Base || mc.Filter != DefaultFilter || mc.Scope != ldap.ScopeWholeSubtree ||
-		strings.Join(mc.Attributes, ",") != "host,mailHost" {
+		strings.Join(mc.Attributes, ",") != "host,uid,mailHost" {
 		t.Fatalf("MirrorConfig = %+v %v %v", mc, on, err)
 	}
 	c.MirrorRefresh = time.Second
@@ -269,7 +269,7 @@ func TestMirrorConfig(t *testing.T) {
 func TestDefaultsAndHostnames(t *testing.T) {
 	c := DefaultConfig()
 	c.Base = "dc=example,dc=org"
-	a, err := New(nil, c, DefaultAccessConfig(), nil, nil) // hostnames from this machine
+	a, err := New(nil, c, DefaultAccessConfig(), Options{}) // hostnames from this machine
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func TestRealmConfigErrors(t *testing.T) {
 		a := DefaultAccessConfig()
 		a.Hostnames = []string{"mail.example.org"}
 		tc.mutate(&c, &a)
-		if _, err := New(nil, c, a, nil, nil); err == nil || !strings.Contains(err.Error(), tc.err) {
+		if _, err := New(nil, c, a, Options{}); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
 		}
 	}

@@ -16,6 +16,10 @@ type conn struct {
 	addr         string
 	start        time.Time
 	readDeadline time.Time
+	pending      bool   // holds a pending place (until its request is read)
+	peer         uint32 // the peer's uid, when hasPeer (Unix sockets)
+	hasPeer      bool
+	hasSlot      bool // holds a decision slot
 
 	mu        sync.Mutex
 	cancelReq context.CancelFunc // ends the request's context while the Authenticator runs

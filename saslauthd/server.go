@@ -21,11 +21,16 @@ var ErrServerClosed = errors.New("saslauthd: server closed")
 
 // Defaults for the zero values of Server's settings.
 const (
-	DefaultReadTimeout    = 5 * time.Second
+	DefaultReadTimeout    = time.Second
 	DefaultWriteTimeout   = 5 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
 	DefaultDrainTimeout   = 500 * time.Millisecond
 	DefaultMaxConns       = 256
+	DefaultMaxPending     = 4096
+	// drainWindow is how long Shutdown keeps accepting what is already
+	// queued in a listener's backlog: those clients connected before it
+	// began and get an answer, not a reset.
+	drainWindow = 50 * time.Millisecond
 )
 
 // maxDrain bounds what a client may still send after its reply.
@@ -33,6 +38,12 @@ const maxDrain = 64 << 10
 
 // Server answers saslauthd requests on any number of listeners. Set the
 // fields before the first Serve; zero values mean the defaults.
+//
+// A connection is first pending: its request is read (ReadTimeout from
+// accept; libsasl2 writes it in one go), holding one of MaxPending places
+// (at most MaxPendingPerPeer for one peer uid on a Unix socket). Only a
+// whole request takes one of MaxConns decision slots, so clients that
+// connect and stall delay no one: they cost a place for ReadTimeout.
 type Server struct {
 	// Authenticator decides each request. It must be safe for concurrent
 	// use and should honour ctx; the server answers NO when ctx ends even
@@ -42,9 +53,7 @@ type Server struct {
 
 	// ReadTimeout bounds reading the whole request from when it is accepted.
 	ReadTimeout time.Duration
-	// WriteTimeout bounds writing the reply. The write gets the rest of the
-	// ReadTimeout when at least half of WriteTimeout is left, else a fresh
-	// WriteTimeout: never more than WriteTimeout, never less than half.
+	// WriteTimeout bounds writing the reply.
 	WriteTimeout time.Duration
 	// RequestTimeout is the deadline of the context given to the
 	// Authenticator. When it passes the client is answered NO at once.
@@ -53,25 +62,43 @@ type Server struct {
 	// client to close (Cyrus drains to EOF with no bound). Only TCP
 	// connections and malformed requests are drained; see isUnix.
 	DrainTimeout time.Duration
-	// MaxConns caps the connections handled at once (across all listeners).
+	// MaxConns caps the requests being decided at once (across all listeners).
 	MaxConns int
+	// MaxPending caps the connections whose request is being read or
+	// waits for a decision slot; more wait in the kernel backlog.
+	MaxPending int
+	// MaxPendingPerPeer caps MaxPending for one peer uid (SO_PEERCRED) on
+	// a Unix socket, so one local user cannot take every place; a
+	// connection over it is closed at once. Default MaxPending/4; -1 = off.
+	MaxPendingPerPeer int
 	// MaxFieldSize limits each request field; see ReadOptions.
 	MaxFieldSize int
 	// ClientAddrWait is the wait for the optional fifth field; see ReadOptions.
 	ClientAddrWait time.Duration
+	// ReplyReasons sends the decision's reason to the client ("NO wrong
+	// password"). Off: every refusal is "NO authentication failed" and a
+	// temporary failure "NO temporary failure", so a client learns
+	// nothing about the account; the log has the reason. For labs.
+	ReplyReasons bool
 
 	initOnce sync.Once
-	slots    chan struct{} // semaphore: one token per running connection
+	slots    chan struct{} // decision slots
+	pending  chan struct{} // places for connections being read
 	done     chan struct{} // closed when shutting down
+	aborted  chan struct{} // closed when Shutdown gives up
 	work     chan *conn    // idle workers wait here for a connection
 	idlers   atomic.Int32  // workers waiting on work (or about to)
+	loops    sync.WaitGroup
 
-	mu        sync.Mutex
-	closing   bool
-	listeners map[*net.Listener]struct{}
-	conns     map[*conn]struct{}
-	active    int           // connections still being served (until their Authenticator returns)
-	idle      chan struct{} // closed when active drops to 0 while closing
+	mu           sync.Mutex
+	closing      bool
+	listeners    map[*net.Listener]struct{}
+	conns        map[*conn]struct{}
+	perPeer      map[uint32]int // pending connections per peer uid
+	active       int            // connections still being served (until their Authenticator returns)
+	idle         chan struct{}  // closed when active drops to 0 while closing
+	abortOnce    sync.Once
+	lastPeerWarn atomic.Int64 // unix second of the last per-peer warning
 }
 
 func (s *Server) init() {
@@ -80,12 +107,29 @@ func (s *Server) init() {
 		if n <= 0 {
 			n = DefaultMaxConns
 		}
+		p := s.MaxPending
+		if p <= 0 {
+			p = DefaultMaxPending
+		}
 		s.slots = make(chan struct{}, n)
+		s.pending = make(chan struct{}, p)
 		s.done = make(chan struct{})
+		s.aborted = make(chan struct{})
 		s.work = make(chan *conn)
 		s.listeners = make(map[*net.Listener]struct{})
 		s.conns = make(map[*conn]struct{})
+		s.perPeer = make(map[uint32]int)
 	})
+}
+
+func (s *Server) maxPerPeer() int {
+	switch {
+	case s.MaxPendingPerPeer < 0:
+		return 0
+	case s.MaxPendingPerPeer > 0:
+		return s.MaxPendingPerPeer
+	}
+	return max(1, cap(s.pending)/4)
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -104,7 +148,7 @@ func (s *Server) logger() *slog.Logger {
 
 // Serve accepts connections on l and answers each in its own goroutine. It
 // always returns a non-nil error and closes l; after Shutdown or Close it
-// returns ErrServerClosed. Call it once per listener; they share MaxConns.
+// returns ErrServerClosed. Call it once per listener; they share the limits.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
 	if s.Authenticator == nil {
@@ -115,6 +159,8 @@ func (s *Server) Serve(l net.Listener) error {
 		l.Close()
 		return ErrServerClosed
 	}
+	s.loops.Add(1)
+	defer s.loops.Done()
 	defer s.trackListener(&l, false)
 	defer l.Close()
 
@@ -123,21 +169,22 @@ func (s *Server) Serve(l net.Listener) error {
 	var backoff time.Duration
 	var lastFullWarn time.Time
 	for {
-		// When every slot is taken, stop accepting: connections wait in the
-		// kernel backlog, in order, and get served as slots free. Every slot
-		// frees within ReadTimeout+RequestTimeout+WriteTimeout+DrainTimeout,
-		// and Postfix/Cyrus bound how many workers can wait. Accepting and
-		// answering "NO busy" instead would turn a burst into failed logins
-		// that mail clients show as a wrong password and fail2ban counts.
-		// The slot is only taken once a connection is in hand, so an idle
-		// listener never reserves one that another listener's clients need.
-		if !s.waitSlot(addr, &lastFullWarn, false) {
+		// When every pending place is taken, stop accepting: connections
+		// wait in the kernel backlog, in order. Answering "NO busy" instead
+		// would turn a burst into failed logins that mail clients show as a
+		// wrong password and fail2ban counts.
+		if !s.waitPending(addr, &lastFullWarn) {
+			return ErrServerClosed
+		}
+		if s.shuttingDown() && !setDeadline(l, time.Now().Add(drainWindow)) {
+			<-s.pending
 			return ErrServerClosed
 		}
 		c, err := l.Accept()
 		if err != nil {
+			<-s.pending
 			if s.shuttingDown() {
-				return ErrServerClosed
+				return ErrServerClosed // the backlog is drained, or the listener closed
 			}
 			if !temporary(err) {
 				return fmt.Errorf("saslauthd: accept on %s: %w", addr, err)
@@ -150,23 +197,86 @@ func (s *Server) Serve(l net.Listener) error {
 			case <-t.C:
 			case <-s.done:
 				t.Stop()
-				return ErrServerClosed
 			}
 			continue
 		}
 		backoff = 0
-		// Another listener may have taken the free slot meanwhile.
-		if !s.waitSlot(addr, &lastFullWarn, true) {
-			c.Close()
-			return ErrServerClosed
+		r := &conn{s: s, c: c, addr: addr, pending: true}
+		if uid, ok := peerUID(c); ok && s.maxPerPeer() > 0 {
+			if !s.addPeer(uid) {
+				<-s.pending
+				s.refusePeer(addr, uid)
+				c.Close()
+				continue
+			}
+			r.peer, r.hasPeer = uid, true
 		}
-		r := &conn{s: s, c: c, addr: addr}
-		if !s.trackConn(r, true) {
-			<-s.slots
+		if !s.trackConn(r) {
+			r.releasePending()
 			c.Close()
 			return ErrServerClosed
 		}
 		s.dispatch(r)
+	}
+}
+
+// setDeadline sets an accept deadline on listeners that have one; false
+// means l cannot drain (it is then closed instead).
+func setDeadline(l net.Listener, t time.Time) bool {
+	if dl, ok := l.(interface{ SetDeadline(time.Time) error }); ok {
+		return dl.SetDeadline(t) == nil
+	}
+	return false
+}
+
+// waitPending blocks until a pending place is free and takes it. It
+// returns false when Shutdown has given up (while shutting down, queued
+// connections are still taken in, to be answered).
+func (s *Server) waitPending(addr string, lastWarn *time.Time) bool {
+	select {
+	case s.pending <- struct{}{}:
+		return true
+	default:
+	}
+	if time.Since(*lastWarn) > 10*time.Second { // once per episode, not per connection
+		*lastWarn = time.Now()
+		s.logger().Warn("saslauthd: pending connection limit reached, waiting for a free place",
+			"socket", addr, "max_pending", cap(s.pending))
+	}
+	select {
+	case s.pending <- struct{}{}:
+		return true
+	case <-s.aborted:
+		return false
+	}
+}
+
+func (s *Server) addPeer(uid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perPeer[uid] >= s.maxPerPeer() {
+		return false
+	}
+	s.perPeer[uid]++
+	return true
+}
+
+func (s *Server) removePeer(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perPeer[uid]--; s.perPeer[uid] <= 0 {
+		delete(s.perPeer, uid)
+	}
+}
+
+// refusePeer logs a connection closed because its peer uid holds too many
+// pending ones (at most once a second per server: an attack must not
+// flood the log).
+func (s *Server) refusePeer(addr string, uid uint32) {
+	now := time.Now().Unix()
+	if s.lastPeerWarn.Swap(now) != now {
+		s.logger().Warn("saslauthd: peer holds too many pending connections; closing new ones",
+			"socket", addr, "uid", uid, "max_pending_per_peer", s.maxPerPeer())
 	}
 }
 
@@ -198,34 +308,26 @@ func (s *Server) worker(r *conn) {
 		select {
 		case r = <-s.work:
 			s.idlers.Add(-1)
-		case <-s.done:
+		case <-s.done: // connections drained after this get a goroutine each
 			s.idlers.Add(-1)
 			return
 		}
 	}
 }
 
-// waitSlot blocks until a connection slot is free, taking it if take is
-// set. It returns false when the server shuts down first.
-func (s *Server) waitSlot(addr string, lastWarn *time.Time, take bool) bool {
+// takeSlot waits for a decision slot; false when Shutdown gave up first.
+func (s *Server) takeSlot() bool {
 	select {
 	case s.slots <- struct{}{}:
+		return true
 	default:
-		if time.Since(*lastWarn) > 10*time.Second { // once per episode, not per connection
-			*lastWarn = time.Now()
-			s.logger().Warn("saslauthd: connection limit reached, waiting for a free slot",
-				"socket", addr, "max_conns", cap(s.slots))
-		}
-		select {
-		case s.slots <- struct{}{}:
-		case <-s.done:
-			return false
-		}
 	}
-	if !take {
-		<-s.slots
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-s.aborted:
+		return false
 	}
-	return true
 }
 
 // temporary reports accept errors worth retrying: resource exhaustion and
@@ -264,27 +366,27 @@ func (s *Server) trackListener(l *net.Listener, add bool) bool {
 	return true
 }
 
-// trackConn registers a connection as active; false means the server is
-// closing and the connection must be dropped.
-func (s *Server) trackConn(c *conn, add bool) bool {
+// trackConn registers a connection as active; false means Shutdown gave
+// up and the connection must be dropped. (Connections accepted while
+// shutting down are the backlog being drained: they are served.)
+func (s *Server) trackConn(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if add {
-		if s.closing {
-			return false
-		}
-		s.conns[c] = struct{}{}
-		s.active++
-		return true
+	select {
+	case <-s.aborted:
+		return false
+	default:
 	}
-	delete(s.conns, c)
+	s.conns[c] = struct{}{}
+	s.active++
 	return true
 }
 
 // finish ends one connection's activity and wakes Shutdown when nothing is
 // left.
-func (s *Server) finish() {
+func (s *Server) finish(c *conn) {
 	s.mu.Lock()
+	delete(s.conns, c)
 	s.active--
 	if s.active == 0 && s.idle != nil {
 		close(s.idle)
@@ -293,18 +395,25 @@ func (s *Server) finish() {
 	s.mu.Unlock()
 }
 
-// Shutdown stops every Serve (each returns ErrServerClosed), lets requests
-// in flight finish and waits for them. If ctx ends first it cancels the
-// contexts of requests still running (their clients get NO), closes their
-// connections and returns ctx.Err().
+// Shutdown stops accepting new connections but answers those already
+// queued in the listeners' backlogs, lets requests in flight finish and
+// waits for them. If ctx ends first it cancels the requests still running
+// (their clients get NO), closes their connections and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
-	idle := s.beginClose()
+	s.beginClose()
+	done := make(chan struct{})
+	go func() {
+		s.loops.Wait() // backlogs drained
+		<-s.idleChan() // and every connection answered
+		close(done)
+	}()
 	select {
-	case <-idle:
+	case <-done:
 		return nil
 	case <-ctx.Done():
 		s.abort()
+		<-done
 		return ctx.Err()
 	}
 }
@@ -318,30 +427,45 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) beginClose() <-chan struct{} {
+func (s *Server) beginClose() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.closing {
-		s.closing = true
-		close(s.done)
-		for l := range s.listeners {
+	if s.closing {
+		return
+	}
+	s.closing = true
+	close(s.done)
+	for l := range s.listeners {
+		// Wake the accept loop; it takes in what is queued, then stops.
+		if !setDeadline(*l, time.Now().Add(drainWindow)) {
 			(*l).Close()
 		}
 	}
+}
+
+// idleChan is closed once no connection is active.
+func (s *Server) idleChan() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	idle := make(chan struct{})
-	if s.active == 0 {
+	switch {
+	case s.active == 0:
 		close(idle)
-	} else if s.idle != nil {
+	case s.idle != nil:
 		idle = s.idle
-	} else {
+	default:
 		s.idle = idle
 	}
 	return idle
 }
 
 func (s *Server) abort() {
+	s.abortOnce.Do(func() { close(s.aborted) })
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for l := range s.listeners {
+		(*l).Close()
+	}
 	for r := range s.conns {
 		go r.abort() // may answer its client: not under s.mu
 		r.c.Close()
@@ -376,12 +500,20 @@ func (r *conn) serve() {
 	// might keep) holds: never the password.
 	r.d.req = req
 	r.d.req.Password = ""
+	// The request is in (or will never be): the pending place goes back
+	// before this connection waits for anything else.
+	r.releasePending()
 	switch {
 	case errors.Is(err, ErrEmptyLogin), errors.Is(err, ErrEmptyPassword):
 		r.d.outcome, r.d.reason = auth.Reject.String(), strings.TrimPrefix(err.Error(), "saslauthd: ")
 	case err != nil:
 		r.d.malform = err
 	default:
+		if !s.takeSlot() {
+			r.d.outcome, r.d.reason = auth.TempFail.String(), "server shutting down"
+			break
+		}
+		r.hasSlot = true
 		r.decide(req)
 		return
 	}
@@ -391,9 +523,10 @@ func (r *conn) serve() {
 	s.reply(r, &r.d)
 }
 
-// end releases what serve held: the connection, its activity unit and its
-// slot (held until the Authenticator returned, even if the client was
-// answered before).
+// end releases what serve held: the connection, its pending place if
+// the request never came, its activity unit and its decision slot (held
+// until the Authenticator returned, even if the client was answered
+// before).
 func (r *conn) end() {
 	s := r.s
 	// Last line of defence: a bug here must cost one connection, not the daemon.
@@ -402,9 +535,24 @@ func (r *conn) end() {
 			"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 	}
 	r.c.Close()
-	s.trackConn(r, false)
-	s.finish()
-	<-s.slots
+	r.releasePending()
+	s.finish(r)
+	if r.hasSlot {
+		<-s.slots
+	}
+}
+
+// releasePending gives back the connection's pending place (and its
+// peer's count), once.
+func (r *conn) releasePending() {
+	if !r.pending {
+		return
+	}
+	r.pending = false
+	if r.hasPeer {
+		r.s.removePeer(r.peer)
+	}
+	<-r.s.pending
 }
 
 // decide runs the Authenticator in the connection's goroutine, with a
@@ -485,8 +633,17 @@ func (s *Server) reply(r *conn, d *decision) {
 		c.SetWriteDeadline(time.Now().Add(wt))
 	}
 	text := d.reason
-	if d.malform != nil {
+	switch {
+	case d.malform != nil:
 		text = "malformed request"
+	case d.ok, s.ReplyReasons:
+	case d.outcome == auth.TempFail.String():
+		text = "temporary failure"
+	default:
+		// The same text for a wrong password, an unknown user, a refused
+		// host or a throttled guess: the client learns nothing about the
+		// account; the log line says which.
+		text = "authentication failed"
 	}
 	replied := true
 	if werr := WriteReply(c, d.ok, text); werr != nil {

@@ -97,10 +97,20 @@ type Listen struct {
 
 // Server holds the limits of the socket front doors.
 type Server struct {
-	MaxConnections int           `yaml:"max_connections"` // concurrent requests served; default 256
+	MaxConnections int           `yaml:"max_connections"` // requests decided at once; default 256
 	RequestTimeout time.Duration `yaml:"request_timeout"` // whole request incl. LDAP; default 10s
-	IOTimeout      time.Duration `yaml:"io_timeout"`      // each socket read/write; default 5s
-	MaxFieldSize   int           `yaml:"max_field_size"`  // bytes per protocol field; default 1024
+	IOTimeout      time.Duration `yaml:"io_timeout"`      // each reply write (control socket: each read too); default 5s
+	// ReadTimeout bounds reading a saslauthd request from accept: libsasl2
+	// sends it in one write, so a client that stalls is gone after this.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// MaxPending bounds the saslauthd connections being read or waiting for
+	// a decision slot; MaxPendingPerPeer the share of one local uid.
+	MaxPending        int `yaml:"max_pending"`
+	MaxPendingPerPeer int `yaml:"max_pending_per_peer"`
+	// ReplyReasons sends the decision's reason to saslauthd clients
+	// ("NO wrong password") instead of one text for every refusal. Labs only.
+	ReplyReasons bool `yaml:"reply_reasons"`
+	MaxFieldSize int  `yaml:"max_field_size"` // bytes per protocol field; default 1024
 	// ClientAddrWait waits for the optional fifth saslauthd field (client
 	// address) when it did not come with the request. Default 0: no wait.
 	ClientAddrWait time.Duration `yaml:"client_addr_wait"`
@@ -123,7 +133,9 @@ func Default() *File {
 		Server: Server{
 			MaxConnections: saslauthd.DefaultMaxConns,
 			RequestTimeout: saslauthd.DefaultRequestTimeout,
-			IOTimeout:      saslauthd.DefaultReadTimeout,
+			IOTimeout:      saslauthd.DefaultWriteTimeout,
+			ReadTimeout:    saslauthd.DefaultReadTimeout,
+			MaxPending:     saslauthd.DefaultMaxPending,
 			MaxFieldSize:   saslauthd.DefaultMaxFieldSize,
 		},
 		LDAP:          LDAP{Directory: directory.DefaultConfig(), Search: ldapauth.DefaultConfig()},
@@ -386,8 +398,14 @@ func (f *File) Validate() error {
 	if f.Server.MaxConnections < 1 || f.Server.MaxConnections > 65536 {
 		bad("server.max_connections must be 1..65536, not %d", f.Server.MaxConnections)
 	}
-	if f.Server.RequestTimeout <= 0 || f.Server.IOTimeout <= 0 {
-		bad("server.request_timeout and server.io_timeout must be positive")
+	if f.Server.RequestTimeout <= 0 || f.Server.IOTimeout <= 0 || f.Server.ReadTimeout <= 0 {
+		bad("server.request_timeout, server.io_timeout and server.read_timeout must be positive")
+	}
+	if f.Server.MaxPending < f.Server.MaxConnections || f.Server.MaxPending > 1<<20 {
+		bad("server.max_pending must be max_connections..1048576, not %d", f.Server.MaxPending)
+	}
+	if f.Server.MaxPendingPerPeer < -1 || f.Server.MaxPendingPerPeer > f.Server.MaxPending {
+		bad("server.max_pending_per_peer must be -1 (off), 0 (a quarter of max_pending) or up to max_pending, not %d", f.Server.MaxPendingPerPeer)
 	}
 	if f.Server.MaxFieldSize < 256 || f.Server.MaxFieldSize > 65535 {
 		bad("server.max_field_size must be 256..65535 (a counted string's limit), not %d", f.Server.MaxFieldSize)

@@ -90,14 +90,17 @@ func (d *Daemon) Serve(ls Listeners) *Servers {
 	cfg := d.Config().Server
 	s := &Servers{errc: make(chan error, len(ls.Saslauthd)+1)}
 	s.sasl = &saslauthd.Server{
-		Authenticator:  d,
-		Logger:         d.log,
-		ReadTimeout:    cfg.IOTimeout,
-		WriteTimeout:   cfg.IOTimeout,
-		RequestTimeout: cfg.RequestTimeout,
-		MaxConns:       cfg.MaxConnections,
-		MaxFieldSize:   cfg.MaxFieldSize,
-		ClientAddrWait: cfg.ClientAddrWait,
+		Authenticator:     d,
+		Logger:            d.log,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.IOTimeout,
+		RequestTimeout:    cfg.RequestTimeout,
+		MaxConns:          cfg.MaxConnections,
+		MaxPending:        cfg.MaxPending,
+		MaxPendingPerPeer: cfg.MaxPendingPerPeer,
+		MaxFieldSize:      cfg.MaxFieldSize,
+		ClientAddrWait:    cfg.ClientAddrWait,
+		ReplyReasons:      cfg.ReplyReasons,
 	}
 	for _, l := range ls.Saslauthd {
 		s.run(d, l, "saslauthd", s.sasl.Serve, saslauthd.ErrServerClosed)

@@ -79,7 +79,7 @@ const secret = "hunter2-Secret!" // must never show up in logs
 func TestServerDecisions(t *testing.T) {
 	var mu sync.Mutex
 	var got []auth.Request
-	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv := &Server{ReplyReasons: true, Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		mu.Lock()
 		got = append(got, req)
 		mu.Unlock()
@@ -326,7 +326,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestServerRequestTimeoutHoldsSlot(t *testing.T) {
 	release := make(chan struct{})
 	var calls atomic.Int32
-	srv := &Server{
+	srv := &Server{ReplyReasons: true,
 		MaxConns:       1,
 		RequestTimeout: 100 * time.Millisecond,
 		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
@@ -362,7 +362,7 @@ func TestServerRequestTimeoutHoldsSlot(t *testing.T) {
 }
 
 func TestServerPanicRecovered(t *testing.T) {
-	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
+	srv := &Server{ReplyReasons: true, Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 		if req.User == "boom" {
 			panic("cannot handle request " + req.User + "/" + req.Password)
 		}
@@ -741,7 +741,7 @@ func TestServerRequestContext(t *testing.T) {
 	}
 	got := make(chan seen, 1)
 	var kept context.Context
-	srv := &Server{
+	srv := &Server{ReplyReasons: true,
 		RequestTimeout: 200 * time.Millisecond,
 		Authenticator: auth.AuthenticatorFunc(func(ctx context.Context, req auth.Request) auth.Verdict {
 			var s seen
@@ -862,4 +862,37 @@ func TestServerWorkersExitOnShutdown(t *testing.T) {
 	}
 	<-served
 	waitFor(t, func() bool { return runtime.NumGoroutine() <= base })
+}
+
+// TestServerGenericReplies: by default a refused client learns nothing
+// about the account: one text for every refusal, one for every temporary
+// failure; the log line has the reason.
+func TestServerGenericReplies(t *testing.T) {
+	verdicts := map[string]auth.Verdict{
+		"unknown":   auth.Rejected(auth.CauseUnknownUser, "unknown user"),
+		"wrong":     auth.Rejected(auth.CauseWrongPassword, "wrong password"),
+		"host":      auth.Rejected(auth.CausePolicy, "host not allowed: denied by !mail.example.org"),
+		"throttled": auth.Rejected(auth.CauseThrottled, "throttled: too many failures for this account"),
+		"down":      auth.TempFailed(auth.CauseUnavailable, "ldap unavailable: timeout"),
+	}
+	srv := &Server{Authenticator: auth.AuthenticatorFunc(func(_ context.Context, req auth.Request) auth.Verdict {
+		return verdicts[req.User]
+	})}
+	path, logs := startServer(t, srv)
+	for user, v := range verdicts {
+		ok, text := ask(t, path, auth.Request{User: user, Password: secret})
+		want := "authentication failed"
+		if v.Outcome == auth.TempFail {
+			want = "temporary failure"
+		}
+		if ok || text != want {
+			t.Errorf("%s: answer %v %q, want NO %q", user, ok, text, want)
+		}
+	}
+	waitFor(t, func() bool { return strings.Count(logs.String(), `"msg":"saslauthd: decision"`) == len(verdicts) })
+	for _, v := range verdicts {
+		if !strings.Contains(logs.String(), v.Reason) {
+			t.Errorf("log lacks the reason %q", v.Reason)
+		}
+	}
 }

@@ -33,7 +33,20 @@ type Config struct {
 	// ModuleDirs is where relative module names are looked up, first hit wins.
 	ModuleDirs []string `yaml:"module_dirs"`
 	Rules      []Rule   `yaml:"rules"`
+	// Upgrades is what mailauthd's package-manager hooks do when a pending
+	// transaction would break mail authentication ("mailauthd doctor
+	// --upgrade", docs/doctor.md): "warn" (default) prints and logs the
+	// findings and lets it run; "refuse" makes the hook fail, which stops
+	// apt before dpkg runs. It lives here because this section already
+	// configures those hooks.
+	Upgrades string `yaml:"upgrades"`
 }
+
+// Values of Config.Upgrades.
+const (
+	UpgradesWarn   = "warn"
+	UpgradesRefuse = "refuse"
+)
 
 // Rule states what a service must look like, so a system without a snapshot
 // (a fresh install) can still be checked.
@@ -71,6 +84,9 @@ func (c Config) withDefaults() Config {
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
 	}
+	if c.Upgrades == "" {
+		c.Upgrades = UpgradesWarn
+	}
 	if len(c.ConfDirs) == 0 {
 		c.ConfDirs = append([]string(nil), DefaultConfDirs...)
 	}
@@ -99,6 +115,11 @@ func (c Config) Validate() error {
 	}
 	if c.StateDir != "" && !strings.HasPrefix(c.StateDir, "/") {
 		return fmt.Errorf("pamcheck.state_dir %q must be absolute", c.StateDir)
+	}
+	switch c.Upgrades {
+	case "", UpgradesWarn, UpgradesRefuse:
+	default:
+		return fmt.Errorf("pamcheck.upgrades must be %s or %s, not %q", UpgradesWarn, UpgradesRefuse, c.Upgrades)
 	}
 	for i, r := range c.Rules {
 		if !validServiceName(r.Service) {

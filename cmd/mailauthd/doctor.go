@@ -56,7 +56,12 @@ func cmdDoctor(args []string, stdout, stderr io.Writer) int {
 	var o doctor.Options
 	fs.StringVar(&o.Config, "config", cfgDefault, "mailauthd configuration file")
 	fs.StringVar(&o.SaslauthdConf, "saslauthd-conf", "", "LDAP settings from this Cyrus saslauthd.conf, as mailauthd serve --saslauthd-conf")
-	fs.StringVar(&o.Root, "root", os.Getenv("MAILAUTHD_DOCTOR_ROOT"), "check the tree below this directory (a mounted system, a test tree); runs no peer binaries")
+	// The hooks shared with pamcheck are pointed at a chroot with its variable.
+	rootDefault := os.Getenv("MAILAUTHD_DOCTOR_ROOT")
+	if rootDefault == "" {
+		rootDefault = os.Getenv("MAILAUTHD_PAMCHECK_ROOT")
+	}
+	fs.StringVar(&o.Root, "root", rootDefault, "check the tree below this directory (a mounted system, a test tree); runs no peer binaries")
 	fs.StringVar(&o.PostfixConfig, "postfix-config", "", "Postfix config_directory (postconf -c); default Postfix's own")
 	fs.StringVar(&o.DovecotConfig, "dovecot-config", "", "dovecot.conf (doveconf -c); default /etc/dovecot/dovecot.conf")
 	fs.StringVar(&o.CyrusConfig, "cyrus-config", "", "Cyrus imapd.conf; default /etc/imapd.conf")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -190,4 +191,27 @@ func TestDoctorUpgradeApt(t *testing.T) {
 			t.Fatalf("exit %d: the stream on APT_HOOK_INFO_FD was not read\n%s", code, errs)
 		}
 	})
+}
+
+// The zypp commit plugin runs the doctor after the commit, too; a refusal
+// opted into shows in the exit header of its last ACK.
+func TestZyppPluginRunsDoctor(t *testing.T) {
+	root := doctorRoot(t, map[string]string{
+		"/etc/mailauthd/mailauthd.yaml": doctorYAML + "pamcheck:\n  upgrades: refuse\n",
+		"/etc/dovecot/dovecot.conf":     "dovecot_config_version = 2.4.1\npassdb checkpassword {\n  args = /usr/bin/mailauthd checkpassword\n}\n",
+		"/etc/pam.d/other":              "auth required pam_deny.so\naccount required pam_deny.so\n",
+		"/lib/security/pam_deny.so":     "",
+	})
+	cmd := exec.Command("bash", "../../packaging/pamcheck/zypp/mailauthd-pamcheck")
+	cmd.Env = append(hookEnv(t, root), "MAILAUTHD_DOCTOR_ROOT="+root, "MAILAUTHD_CONFIG=/etc/mailauthd/mailauthd.yaml")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdin = strings.NewReader("PLUGINBEGIN\n\n\x00COMMITBEGIN\n\n{}\x00COMMITEND\n\n{}\x00_DISCONNECT\n\n\x00")
+	out, _ := cmd.Output()
+	if !strings.Contains(string(out), "exit:2") {
+		t.Errorf("plugin replies %q, want exit:2 in the last ACK\nstderr:\n%s", out, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "dovecot-checkpassword-removed") {
+		t.Errorf("stderr lacks the doctor's finding:\n%s", stderr.String())
+	}
 }

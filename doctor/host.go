@@ -369,18 +369,29 @@ func (p *accessProblem) fixFor(a *account) string {
 		return ""
 	}
 	bit := map[string]string{"search (x)": "x", "write (w)": "w", "read (r)": "r"}[p.Need]
-	switch p.Class {
-	case "other":
-		if p.Group != "" && p.Group != "root" {
-			return fmt.Sprintf("adduser %s %s (then restart the service), or chmod g+%s %s", a.Name, p.Group, bit, p.Path)
-		}
-		if p.IsDir {
-			return fmt.Sprintf("chmod o+x %s", p.Path)
-		}
-		return fmt.Sprintf("chgrp %s %s && chmod g+%s %s", a.Name, p.Path, bit, p.Path)
-	default:
+	if p.Class != "other" {
 		return fmt.Sprintf("chmod %s+%s %s", map[string]string{"owner": "u", "group": "g"}[p.Class], bit, p.Path)
 	}
+	join := ""
+	if p.Group != "" && p.Group != "root" {
+		join = fmt.Sprintf("adduser %s %s (then restart the service)", a.Name, p.Group)
+	}
+	other := ""
+	switch {
+	case p.IsDir:
+		other = "chmod o+x " + p.Path
+	case bit == "r":
+		other = "chmod o+r " + p.Path
+	}
+	switch {
+	case join != "" && other != "":
+		return join + ", or " + other
+	case join != "":
+		return join
+	case other != "":
+		return other
+	}
+	return fmt.Sprintf("chgrp %s %s && chmod g+%s %s", a.Name, p.Path, bit, p.Path)
 }
 
 // access checks that a can reach path (x on every directory from /) and

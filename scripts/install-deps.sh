@@ -3,7 +3,8 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
-      libpam0g-dev libpam-modules openssl ca-certificates systemd)
+      libpam0g-dev libpam-modules openssl ca-certificates systemd
+      cyrus-imapd dpkg-dev debhelper lintian go-md2man git)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,9 +15,10 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix and slapd ask questions at install time; answer them so nothing waits on a terminal.
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The packages start system daemons we do not use; tests start their own copies.
-for s in slapd saslauthd postfix dovecot; do
+$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The packages start system daemons we do not use; tests start their own copies
+# (Cyrus imapd too: the doctor's e2e test runs a private master).
+for s in slapd saslauthd postfix dovecot cyrus-imapd; do
   $SUDO systemctl stop "$s" 2>/dev/null || $SUDO service "$s" stop 2>/dev/null || true
 done

@@ -607,3 +607,77 @@ func TestDoctorAptHook(t *testing.T) {
 		})
 	}
 }
+
+// TestDoctorPostfixChroot: smtpd with y in master.cf's chroot column, as
+// Debian ships it. libsasl2's default socket path inside the chroot is
+// served: ok, and logins work. saslauthd_path set to the path as seen from
+// outside (a common mistake): the doctor says smtpd looks for it inside its
+// chroot, and logins really fail.
+func TestDoctorPostfixChroot(t *testing.T) {
+	t.Parallel()
+	swaks := needBinary(t, "/usr/bin/swaks", "swaks")
+	postconf := needBinary(t, "/usr/sbin/postconf")
+	slapd := slapdtest.Start(t)
+	server, etc := startPostfixConf(t, "/nonexistent/mux")
+	out, err := exec.Command(postconf, "-c", etc, "-h", "queue_directory").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queue := strings.TrimSpace(string(out))
+	run := filepath.Join(queue, "var", "run", "saslauthd")
+	if err := os.MkdirAll(run, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Join(queue, "var"), filepath.Join(queue, "var", "run")} {
+		os.Chmod(d, 0o755)
+	}
+	sock := filepath.Join(run, "mux")
+	dir := shortDir(t)
+	cfg := writeConfig(t, dir, settings{Socket: sock, LDAPURL: slapd.URL()})
+	d := startDaemon(t, sock, "--config", cfg)
+	d.addPassword("alicepw")
+
+	setup := func(saslConf string) {
+		t.Helper()
+		master, err := os.ReadFile(filepath.Join(etc, "master.cf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.SplitN(string(master), "\n", 2)
+		f := strings.Fields(lines[0]) // the smtpd line: chroot column to y
+		f[4] = "y"
+		if err := os.WriteFile(filepath.Join(etc, "master.cf"), []byte(strings.Join(f, " ")+"\n"+lines[1]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(etc, "sasl", "smtpd.conf"), []byte(saslConf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("/usr/sbin/postfix", "-c", etc, "reload").CombinedOutput(); err != nil {
+			t.Fatalf("postfix reload: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+	args := []string{"--config", cfg, "--postfix-config", etc, "--only", "postfix"}
+
+	setup("pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\n")
+	r := doctorJSON(t, nil, args...)
+	f := r.want(t, "postfix-ok", "info")
+	if !strings.Contains(f.Message, "chrooted to "+queue) || !strings.Contains(f.Message, sock) {
+		t.Errorf("postfix-ok: %s", f.Message)
+	}
+	before := len(d.decisionLines())
+	if code := smtpAuth(t, swaks, server, "alice", "alicepw"); code != "235" {
+		t.Fatalf("the doctor says ok (chrooted, default path), but AUTH got %s", code)
+	}
+	// This daemon decided it: smtpd reached the socket inside its chroot.
+	d.waitDecisions(before + 1)
+
+	setup("pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: " + sock + "\n")
+	f = doctorJSON(t, nil, args...).want(t, "postfix-socket-not-served", "critical")
+	if !strings.Contains(f.Fix, "smtpd is chrooted, so "+sock+" means "+filepath.Join(queue, sock)) {
+		t.Errorf("fix: %s", f.Fix)
+	}
+	if code := smtpAuth(t, swaks, server, "alice", "alicepw"); code == "235" {
+		t.Fatal("the doctor says the chrooted smtpd looks elsewhere, but AUTH succeeded")
+	}
+}

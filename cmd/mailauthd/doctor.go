@@ -214,7 +214,9 @@ func doctorUpgrade(ctx context.Context, o doctor.Options, mode string, stdin io.
 					fmt.Fprintf(stderr, "mailauthd doctor: APT_HOOK_INFO_FD=%q is not a number; not checking\n", fd)
 					return doctorClean
 				}
-				in = os.NewFile(uintptr(n), "apt-hook-info")
+				f := os.NewFile(uintptr(n), "apt-hook-info")
+				defer f.Close() // ours, from apt; closed now, not by a finalizer later
+				in = f
 			}
 		}
 		var changes []doctor.Change

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/mailauthd/mailauthd/doctor"
@@ -185,7 +186,13 @@ func TestDoctorUpgradeApt(t *testing.T) {
 		}
 		go func() { pw.WriteString(aptStream); pw.Close() }()
 		defer pr.Close()
-		t.Setenv("APT_HOOK_INFO_FD", strconv.Itoa(int(pr.Fd())))
+		// The doctor closes the descriptor it is given, as apt's hook
+		// does: hand it a copy.
+		fd, err := syscall.Dup(int(pr.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("APT_HOOK_INFO_FD", strconv.Itoa(fd))
 		code, _, errs := runUpgrade(t, dovecotCheckpasswordRoot(t, "pamcheck:\n  upgrades: refuse\n"), "apt", "")
 		if code != doctorCritical {
 			t.Fatalf("exit %d: the stream on APT_HOOK_INFO_FD was not read\n%s", code, errs)

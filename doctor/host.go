@@ -456,11 +456,11 @@ func (h *host) run(ctx context.Context, bin string, args ...string) ([]byte, err
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = err.Error()
+		// The tool's own complaint says it best; else which run failed how.
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return out, errors.New(msg)
 		}
-		return out, fmt.Errorf("%s %s: %s", bin, strings.Join(args, " "), msg)
+		return out, fmt.Errorf("%s %s: %v", bin, strings.Join(args, " "), err)
 	}
 	return out, nil
 }

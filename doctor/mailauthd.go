@@ -79,9 +79,13 @@ func (c *checker) loadMailauthd() *mailauthdState {
 			m.Served = append(m.Served, servedSocket{Path: kv.Value, Canon: h.canonical(kv.Value), From: kv.File, Mode: mode, Group: grp})
 		}
 	} else {
+		from := c.opts.Config
+		if m.Config == nil {
+			from = "mailauthd's default, the configuration did not load"
+		}
 		for _, s := range m.Listen.Saslauthd {
 			mode, _ := s.FileMode()
-			m.Served = append(m.Served, servedSocket{Path: s.Path, Canon: h.canonical(s.Path), From: c.opts.Config, Mode: mode, Group: s.Group})
+			m.Served = append(m.Served, servedSocket{Path: s.Path, Canon: h.canonical(s.Path), From: from, Mode: mode, Group: s.Group})
 		}
 	}
 	if m.ControlUnit != nil {
@@ -90,6 +94,9 @@ func (c *checker) loadMailauthd() *mailauthdState {
 		}
 	} else {
 		m.Control, m.ControlFrom = m.Listen.Control.Path, c.opts.Config
+		if m.Config == nil {
+			m.ControlFrom = "mailauthd's default"
+		}
 	}
 	m.UserName = "mailauthd"
 	if m.ServiceUnit != nil {

@@ -158,11 +158,15 @@ func TestDoctorPostfix(t *testing.T) {
 }
 
 // startCyrus runs a private Cyrus imapd master (as Debian's cyrus-common
-// builds it: services run as user cyrus) with imapd.conf pointing libsasl2
+// builds it: services run as user cyrus; master exits at start, logging only
+// to syslog, when a service's executable is missing) with imapd.conf pointing libsasl2
 // at socket. It returns the IMAP address and imapd.conf's path.
 func startCyrus(t *testing.T, socket string) (string, string) {
 	t.Helper()
 	master := needBinary(t, "/usr/lib/cyrus/bin/master")
+	// The cyrus-imapd package conflicts with dovecot-imapd, so
+	// scripts/install-deps.sh unpacks its imapd instead of installing it.
+	imapdBin := needBinary(t, "/usr/lib/cyrus/bin/imapd", "/var/lib/mailauthd-test-peers/cyrus-imapd/usr/lib/cyrus/bin/imapd")
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
 			t.Fatal("the Cyrus test needs root (Cyrus's master switches to user cyrus)")
@@ -204,11 +208,11 @@ notifysocket: %[1]s/socket/notify
   recover cmd="/usr/lib/cyrus/bin/ctl_cyrusdb -C %[1]s -r"
 }
 SERVICES {
-  imap cmd="/usr/lib/cyrus/bin/imapd -C %[1]s" listen="127.0.0.1:%[2]d" prefork=0 maxchild=5
+  imap cmd="%[3]s -C %[1]s" listen="127.0.0.1:%[2]d" prefork=0 maxchild=5
 }
 EVENTS {
 }
-`, conf, port)
+`, conf, port, imapdBin)
 	for p, body := range map[string]string{conf: imapd, filepath.Join(dir, "cyrus.conf"): cyrusConf} {
 		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
 			t.Fatal(err)

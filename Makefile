@@ -1,15 +1,26 @@
 # mailauthd — the two commands users need are `make demo` and `make test`.
 GO      ?= go
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# A version that sorts (scripts/version.sh): X.Y.Z on a tag, else
+# X.Y.Z+gitYYYYMMDDhhmm.<hash> or 0~gitYYYYMMDDhhmm.<hash>.
+VERSION ?= $(shell scripts/version.sh 2>/dev/null || echo 0~unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/mailauthd
+MANPAGES := bin/man/mailauthd.8 bin/man/mailauthd.yaml.5
 
-.PHONY: all build deps demo test unit bench fuzz vet fmt install deb clean
+.PHONY: all build man deps demo test unit bench fuzz vet fmt install deb clean
 
 all: build
 
+# PIE: the binary uses cgo (PAM), so it is linked externally and gets the
+# distribution's hardening (relro, bindnow via CGO_LDFLAGS in debian/rules).
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/mailauthd
+	$(GO) build -trimpath -buildmode=pie -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/mailauthd
+
+# Man pages from the markdown in docs/man (Debian package go-md2man).
+man: $(MANPAGES)
+bin/man/%: docs/man/%.md
+	@mkdir -p bin/man
+	go-md2man -in $< -out $@
 
 # Installs the real peers (slapd, sasl2-bin, postfix, dovecot, libpam) from Debian.
 deps:
@@ -46,9 +57,13 @@ fuzz:
 PREFIX  ?= /usr
 DESTDIR ?=
 UNITDIR ?= $(PREFIX)/lib/systemd/system
-install: build
+# The configuration is 0644: it holds no secret (the bind password has its
+# own file, e.g. in /etc/mailauthd/private, root:mailauthd 0750), and
+# "mailauthd checkpassword" runs as Dovecot's user and must read it.
+install: build man
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mailauthd
-	install -D -m 0640 packaging/mailauthd.yaml $(DESTDIR)/etc/mailauthd/mailauthd.yaml
+	install -D -m 0644 packaging/mailauthd.yaml $(DESTDIR)/etc/mailauthd/mailauthd.yaml
+	install -d -m 0750 $(DESTDIR)/etc/mailauthd/private
 	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) packaging/systemd/mailauthd.service \
 	  packaging/systemd/mailauthd.socket packaging/systemd/mailauthd-control.socket \
 	  packaging/pamcheck/systemd/mailauthd-pamcheck.service \
@@ -56,10 +71,21 @@ install: build
 	install -D -m 0644 packaging/sysusers.d/mailauthd.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/mailauthd.conf
 	install -D -m 0644 packaging/tmpfiles.d/mailauthd.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/mailauthd.conf
 	install -D -m 0644 packaging/pamcheck/apt/50mailauthd-pamcheck $(DESTDIR)/etc/apt/apt.conf.d/50mailauthd-pamcheck
+	install -D -m 0644 packaging/doctor/apt/50mailauthd-doctor $(DESTDIR)/etc/apt/apt.conf.d/50mailauthd-doctor
+	install -D -m 0644 bin/man/mailauthd.8 $(DESTDIR)$(PREFIX)/share/man/man8/mailauthd.8
+	install -D -m 0644 bin/man/mailauthd.yaml.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailauthd.yaml.5
+	install -D -m 0644 packaging/bash-completion/mailauthd $(DESTDIR)$(PREFIX)/share/bash-completion/completions/mailauthd
 	install -d -m 0700 $(DESTDIR)/var/lib/mailauthd/pamcheck
+	@# On the live system, what the package's maintainer scripts do: the
+	@# daemon's user, the state directory, the private directory's group.
+	@if [ -z "$(DESTDIR)" ]; then \
+	  systemd-sysusers mailauthd.conf && systemd-tmpfiles --create mailauthd.conf && \
+	  chgrp mailauthd /etc/mailauthd/private; \
+	fi
 
-# A Debian package built from the same install tree (dpkg-deb only).
-deb: build
+# The Debian package: dpkg-buildpackage with debhelper (packaging/deb/debian),
+# from the same "make install" tree; lintian when installed.
+deb:
 	bash packaging/deb/build.sh $(VERSION)
 
 fmt:

@@ -48,6 +48,7 @@ type File struct {
 	Dovecot       dovecot.Mapping       `yaml:"dovecot"`
 	Checkpassword checkpassword.Config  `yaml:"checkpassword"`
 	Pamcheck      pamcheck.Config       `yaml:"pamcheck"`
+	Doctor        Doctor                `yaml:"doctor"`
 	Log           Log                   `yaml:"log"`
 
 	// ldapSet records that the YAML document had an ldap: section, which
@@ -116,6 +117,20 @@ type Server struct {
 	ClientAddrWait time.Duration `yaml:"client_addr_wait"`
 }
 
+// Doctor is the doctor: section.
+type Doctor struct {
+	// Upgrades is what the package-manager hooks do when "mailauthd doctor
+	// --upgrade" finds a transaction that would break mail authentication
+	// (dovecot-core 2.3 -> 2.4 with checkpassword): warn, or refuse it.
+	Upgrades string `yaml:"upgrades"`
+}
+
+// Values of Doctor.Upgrades.
+const (
+	UpgradesWarn   = "warn"
+	UpgradesRefuse = "refuse"
+)
+
 // Log configures log/slog output (stderr, so journald picks it up).
 type Log struct {
 	Format string `yaml:"format"` // text | json
@@ -142,6 +157,7 @@ func Default() *File {
 		Access:        ldapauth.DefaultAccessConfig(),
 		Throttle:      throttle.DefaultConfig(),
 		Checkpassword: checkpassword.Config{Timeout: checkpassword.DefaultTimeout},
+		Doctor:        Doctor{Upgrades: UpgradesWarn},
 		Log:           Log{Format: "text", Level: "info"},
 	}
 }
@@ -342,6 +358,8 @@ func section(goType string) string {
 		return "dovecot"
 	case "pamcheck.Config":
 		return "pamcheck"
+	case "config.Doctor":
+		return "doctor"
 	case "throttle.Config":
 		return "throttle"
 	case "throttle.Limit":
@@ -429,6 +447,11 @@ func (f *File) Validate() error {
 		if err != nil {
 			bad("%v", err)
 		}
+	}
+	switch f.Doctor.Upgrades {
+	case UpgradesWarn, UpgradesRefuse:
+	default:
+		bad("doctor.upgrades must be %s or %s, not %q", UpgradesWarn, UpgradesRefuse, f.Doctor.Upgrades)
 	}
 	switch f.Log.Format {
 	case "text", "json":

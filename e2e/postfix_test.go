@@ -46,6 +46,14 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 // returns the SMTP address; the instance is stopped in t.Cleanup.
 func startPostfix(t *testing.T, socket string) string {
 	t.Helper()
+	addr, _ := startPostfixConf(t, socket)
+	return addr
+}
+
+// startPostfixConf is startPostfix that also returns the instance's
+// config_directory (for postconf -c).
+func startPostfixConf(t *testing.T, socket string) (addr, configDir string) {
+	t.Helper()
 	postfix := needBinary(t, "/usr/sbin/postfix")
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -119,13 +127,13 @@ alias_database =
 			t.Logf("postfix maillog:\n%s", maillog)
 		}
 	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return addr
+			return addr, etc
 		}
 		if time.Now().After(deadline) {
 			maillog, _ := os.ReadFile(filepath.Join(dir, "maillog"))

@@ -29,6 +29,7 @@ type Config struct {
 	Rules      []Rule   `yaml:"rules"`
 }
 
+
 // Rule states what a service must look like, so a system without a snapshot
 // (a fresh install) can still be checked.
 type Rule struct {

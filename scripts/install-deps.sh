@@ -5,14 +5,32 @@ set -euo pipefail
 pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
       libpam0g-dev libpam-modules openssl ca-certificates systemd
       389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime
-      dovecot-auth-lua lua-socket debootstrap redis-server fail2ban)
+      dovecot-auth-lua lua-socket debootstrap redis-server fail2ban
+      cyrus-common dpkg-dev debhelper lintian go-md2man git)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
+
+# Cyrus imapd for the doctor's e2e test (a private master from cyrus-common
+# runs it): unpacked, not installed, because the cyrus-imapd package
+# conflicts with dovecot-imapd (both provide imap-server) and other tests
+# need that one.
+cyrus_peer=/var/lib/mailauthd-test-peers/cyrus-imapd
+unpack_cyrus() {
+  [ -x /usr/lib/cyrus/bin/imapd ] || [ -x "$cyrus_peer/usr/lib/cyrus/bin/imapd" ] && return 0
+  local tmp; tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get -o APT::Sandbox::User=root download cyrus-imapd >/dev/null)
+  $SUDO mkdir -p "$cyrus_peer"
+  $SUDO dpkg-deb -x "$tmp"/cyrus-imapd_*.deb "$cyrus_peer"
+  rm -rf "$tmp"
+}
+if [ ${#missing[@]} -eq 0 ]; then
+  unpack_cyrus
+  exit 0
+fi
 # Postfix and slapd ask questions at install time; answer them so nothing waits on a terminal.
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
@@ -21,6 +39,7 @@ lock=(-o DPkg::Lock::Timeout=600)
 $SUDO apt-get "${lock[@]}" update -qq
 $SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system daemons we do not use; tests start their own copies.
-for s in slapd saslauthd postfix dovecot dirsrv.target samba-ad-dc smbd nmbd winbind redis-server fail2ban; do
+unpack_cyrus
+for s in slapd saslauthd postfix dovecot cyrus-imapd dirsrv.target samba-ad-dc smbd nmbd winbind redis-server fail2ban; do
   $SUDO systemctl stop "$s" 2>/dev/null || $SUDO service "$s" stop 2>/dev/null || true
 done

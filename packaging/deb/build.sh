@@ -1,43 +1,75 @@
 #!/usr/bin/env bash
-# Builds dist/mailauthd_<version>_<arch>.deb from `make install` into a
-# staging tree. Plain dpkg-deb: no debhelper needed on the build machine.
+# Builds dist/mailauthd_<version>_<arch>.deb with dpkg-buildpackage and
+# debhelper (packaging/deb/debian), then runs lintian on it when installed
+# and fails on any lintian error.
+#
+# The source tree is copied to a scratch directory with debian/ at its top,
+# so the build leaves nothing in the work tree but dist/. The version comes
+# from scripts/version.sh (or the first argument); debian/changelog is
+# written for it from the git history, so the package's changelog says what
+# is in it.
+#
+# Needs: dpkg-dev, debhelper, go-md2man, libpam0g-dev (dpkg-buildpackage
+# checks the Build-Depends), and a Go toolchain on PATH that go.mod accepts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-version=$(printf '%s' "${1:-0.0.0}" | sed 's/^v//; s/[^A-Za-z0-9.+~-]/+/g')
-case "$version" in [0-9]*) ;; *) version="0.0.0+$version" ;; esac
-arch=$(dpkg --print-architecture)
+top=$(pwd)
+version=${1:-$(scripts/version.sh)}
+version=${version#v}
+case "$version" in
+[0-9]*) ;;
+*) echo "build.sh: version '$version' does not start with a digit" >&2; exit 1 ;;
+esac
+command -v go >/dev/null || { echo "build.sh: no go on PATH" >&2; exit 1; }
+
 stage=$(mktemp -d)
-chmod 0755 "$stage"
 trap 'rm -rf "$stage"' EXIT
-make --no-print-directory install DESTDIR="$stage" >/dev/null
-mkdir -p "$stage/DEBIAN" dist
-cat > "$stage/DEBIAN/control" <<CONTROL
-Package: mailauthd
-Version: $version
-Architecture: $arch
-Maintainer: mailauthd developers <mailauthd@example.org>
-Depends: libc6, libpam0g
-Suggests: postfix, dovecot-core, sasl2-bin
-Section: mail
-Priority: optional
-Description: LDAP authentication daemon for Postfix, Cyrus and Dovecot
- Speaks the Cyrus saslauthd socket protocol and Dovecot's checkpassword,
- decides with LDAP search+bind and host/service attribute rules, and
- watches the PAM service files mail depends on (pamcheck).
-CONTROL
-printf '/etc/mailauthd/mailauthd.yaml\n/etc/apt/apt.conf.d/50mailauthd-pamcheck\n' > "$stage/DEBIAN/conffiles"
-cat > "$stage/DEBIAN/postinst" <<'POSTINST'
-#!/bin/sh
-set -e
-if [ "$1" = configure ]; then
-  systemd-sysusers mailauthd.conf 2>/dev/null || \
-    getent passwd mailauthd >/dev/null || adduser --system --group --no-create-home --home /nonexistent mailauthd
-  systemd-tmpfiles --create mailauthd.conf 2>/dev/null || true
-  chgrp mailauthd /etc/mailauthd/mailauthd.yaml 2>/dev/null || true
-  systemctl daemon-reload 2>/dev/null || true
+src="$stage/mailauthd-$version"
+mkdir -p "$src" dist
+
+# The files git knows or would add, as they are in the work tree (uncommitted edits
+# included; scripts/version.sh then says .dirty).
+if git rev-parse --git-dir >/dev/null 2>&1; then
+	git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+		[ -e "$f" ] && printf '%s\0' "$f"
+	done | tar --null -T - -cf - | tar -xf - -C "$src"
+else
+	tar --exclude=./.git --exclude=./dist --exclude=./bin -cf - . | tar -xf - -C "$src"
 fi
-POSTINST
-chmod 0755 "$stage/DEBIAN/postinst"
-out="dist/mailauthd_${version}_${arch}.deb"
-dpkg-deb --root-owner-group --build "$stage" "$out" >/dev/null
-echo "$out"
+rm -rf "$src/debian"
+cp -a packaging/deb/debian "$src/debian"
+
+# debian/changelog: one entry for this build, listing the commits since the
+# last release tag (at most 40), dated by the commit, so rebuilding the same
+# commit gives the same package.
+{
+	echo "mailauthd ($version) unstable; urgency=medium"
+	echo
+	if git rev-parse --git-dir >/dev/null 2>&1; then
+		tag=$(git describe --tags --abbrev=0 --match 'v[0-9]*.[0-9]*.[0-9]*' --match '[0-9]*.[0-9]*.[0-9]*' 2>/dev/null || true)
+		range=HEAD
+		[ -n "$tag" ] && range="$tag..HEAD"
+		total=$(git rev-list --count "$range")
+		echo "  * Built from git commit $(git rev-parse --short=12 HEAD)${tag:+, $total commits after $tag}."
+		git log --no-merges --format='%s' -n 40 "$range" | sed 's/^/  * /' | fold -s -w 76 | sed '/^  \* /!s/^/    /'
+		[ "$total" -gt 40 ] && echo "  * ... and $((total - 40)) earlier commits."
+		date=$(git log -1 --format=%cD HEAD)
+	else
+		echo "  * Built from a source tree without git history."
+		date=$(date -R)
+	fi
+	echo
+	echo " -- mailauthd developers <mailauthd@example.org>  $date"
+} >"$src/debian/changelog"
+
+(cd "$src" && dpkg-buildpackage -us -uc -b)
+
+arch=$(dpkg --print-architecture)
+deb="dist/mailauthd_${version}_${arch}.deb"
+mv "$stage/mailauthd_${version}_${arch}.deb" "$deb"
+
+if command -v lintian >/dev/null; then
+	# Errors fail the build; warnings and info are printed.
+	lintian --fail-on error --info "$deb" >&2
+fi
+echo "$top/$deb"

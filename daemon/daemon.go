@@ -39,6 +39,10 @@ type Options struct {
 	// mirror (it would read the whole directory for one login) and no
 	// cache (nothing would hit it).
 	OneShot bool
+	// Check (serve --check) also reads what only the serving daemon needs,
+	// such as auth_http.secret_file, so a missing file fails the check
+	// instead of the next start.
+	Check bool
 	// Resolver resolves the backend names auth_http routing finds in LDAP;
 	// nil: net.DefaultResolver. Tests pass their own.
 	Resolver authhttp.Resolver
@@ -104,7 +108,7 @@ func (d *Daemon) build(cfg *config.File) (*generation, error) {
 	// So do the attributes nginx's routing reads (auth_http.server_attribute,
 	// user_attribute): the route of an accept needs no second query either.
 	search.Attributes = cfg.AuthHTTP.MergeAttributes(search.Attributes)
-	if !d.opts.OneShot {
+	if !d.opts.OneShot || d.opts.Check {
 		g.authHTTP, err = authhttp.NewPolicy(cfg.AuthHTTP, d.opts.Resolver)
 		if err != nil {
 			dir.Close()

@@ -118,7 +118,8 @@ type HTTPSocket struct {
 // Socket is the Unix socket part of h.
 func (h HTTPSocket) Socket() Socket { return Socket{Path: h.Path, Mode: h.Mode, Group: h.Group} }
 
-// CheckAddress validates Address: an IP literal and a port, loopback
+// CheckAddress validates Address: an IP literal and a port (0, a free
+// one, only outside a configuration file: Validate refuses it), loopback
 // unless DangerouslyAllowNonLoopback. A host name is refused: it could
 // resolve to anything.
 func (h HTTPSocket) CheckAddress() error {
@@ -126,7 +127,7 @@ func (h HTTPSocket) CheckAddress() error {
 	if err != nil {
 		return fmt.Errorf("address %q: %v", h.Address, err)
 	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("address %q: port must be 1..65535", h.Address)
 	}
 	ip, err := netip.ParseAddr(host)
@@ -452,6 +453,8 @@ func (f *File) Validate() error {
 			}
 			if err := h.CheckAddress(); err != nil {
 				bad("listen.http[%d]: %v", i, err)
+			} else if strings.HasSuffix(h.Address, ":0") {
+				bad("listen.http[%d]: address %q: port must be 1..65535", i, h.Address)
 			}
 		}
 	}

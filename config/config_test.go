@@ -84,6 +84,7 @@ func TestConfigErrors(t *testing.T) {
 		{"negative mirror", "ldap:\n  mirror_refresh: -1s\n", "mirror_refresh"},
 		{"http on every interface", "listen:\n  http: [{address: \":8080\"}]\n", "must be an IP address"},
 		{"http on a public address", "listen:\n  http: [{address: \"192.0.2.1:8080\"}]\n", "dangerously_allow_non_loopback"},
+		{"http port 0", "listen:\n  http: [{address: \"127.0.0.1:0\"}]\n", "port must be 1..65535"},
 		{"http on a name", "listen:\n  http: [{address: \"localhost:8080\"}]\n", "not a name"},
 		{"http path and address", "listen:\n  http: [{path: /run/h, address: \"127.0.0.1:80\"}]\n", "exactly one"},
 		{"http mode on an address", "listen:\n  http: [{address: \"127.0.0.1:80\", mode: \"0600\"}]\n", "for a socket path"},

@@ -3,6 +3,8 @@
 # slapd, same closed-loop load generator (bench/loadgen), same socket
 # protocol. Prints one table, the ratios measured in this run, and
 # mailauthd's resident memory with 10,000 cached users over a long run.
+# The same two mailauthd daemons (no cache, cache) are also measured through
+# nginx's auth_http (listen.http, loadgen -mode http): the auth_http rows.
 #
 # usage: bench/run.sh [path/to/mailauthd]      (make bench passes bin/mailauthd)
 #

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 )
 
@@ -103,6 +104,10 @@ type Verdict struct {
 	Reason string
 	// DN is the directory entry the user resolved to, when known.
 	DN string
+	// User is the name the entry is known by (ldap.canonical_user) on an
+	// Accept: what a front door hands to the mail store, whatever case,
+	// spacing or realm the client typed.
+	User string
 	// Attributes holds the non-secret attributes fetched with the user
 	// (mapped attributes for Dovecot fields, host, service), lower-cased names.
 	// Shared: callers must not modify it.
@@ -168,4 +173,34 @@ func ReadPasswordLine(r io.Reader) (string, error) {
 		return "", errors.New("empty password")
 	}
 	return line, nil
+}
+
+// ReadPasswordFile returns the first line of a secret file (a bind
+// password, a shared key), without its line ending; an empty line is an
+// error, as it would be an empty password.
+func ReadPasswordFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	pw, err := ReadPasswordLine(f)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return pw, nil
+}
+
+// SecretFileProblem names what is wrong with the permissions of a file
+// that holds a secret: readable or writable by every user. "" = fine, or
+// the file cannot be examined (reading it reports that).
+func SecretFileProblem(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	if m := fi.Mode().Perm(); m&0o006 != 0 {
+		return fmt.Sprintf("%s holds a secret but is mode %04o (every user on this host can read it): chmod o-rwx %s", path, m, path)
+	}
+	return ""
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/mailauthd/mailauthd/ldapauth"
 	"github.com/mailauthd/mailauthd/pamcheck"
 	"github.com/mailauthd/mailauthd/saslauthd"
+	"github.com/mailauthd/mailauthd/throttle"
 )
 
 // DefaultPath is where every command looks without --config.
@@ -46,6 +47,7 @@ type File struct {
 	LDAP          LDAP                  `yaml:"ldap"`
 	Access        ldapauth.AccessConfig `yaml:"access"`
 	Cache         cache.Config          `yaml:"cache"`
+	Throttle      throttle.Config       `yaml:"throttle"`
 	Dovecot       dovecot.Mapping       `yaml:"dovecot"`
 	Checkpassword checkpassword.Config  `yaml:"checkpassword"`
 	AuthHTTP      authhttp.Config       `yaml:"auth_http"`
@@ -174,6 +176,7 @@ func Default() *File {
 		},
 		LDAP:          LDAP{Directory: directory.DefaultConfig(), Search: ldapauth.DefaultConfig()},
 		Access:        ldapauth.DefaultAccessConfig(),
+		Throttle:      throttle.DefaultConfig(),
 		Checkpassword: checkpassword.Config{Timeout: checkpassword.DefaultTimeout},
 		AuthHTTP:      authhttp.DefaultConfig(),
 		Log:           Log{Format: "text", Level: "info"},
@@ -376,6 +379,12 @@ func section(goType string) string {
 		return "dovecot"
 	case "pamcheck.Config":
 		return "pamcheck"
+	case "throttle.Config":
+		return "throttle"
+	case "throttle.Limit":
+		return "throttle.account/client"
+	case "throttle.RedisConfig":
+		return "throttle.redis"
 	case "pamcheck.Rule":
 		return "pamcheck.rules"
 	case "config.Listen":
@@ -482,7 +491,8 @@ func (f *File) Validate() error {
 	if f.Cache.TTL < 0 || f.Cache.Size < 0 {
 		bad("cache.ttl and cache.size must not be negative")
 	}
-	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate(), f.AuthHTTP.Validate()} {
+	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate(), f.Throttle.Validate(),
+		f.AuthHTTP.Validate()} {
 		if err != nil {
 			bad("%v", err)
 		}

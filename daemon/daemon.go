@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,7 @@ import (
 	"github.com/mailauthd/mailauthd/dovecot"
 	"github.com/mailauthd/mailauthd/ldapauth"
 	"github.com/mailauthd/mailauthd/mirror"
+	"github.com/mailauthd/mailauthd/throttle"
 )
 
 // Options change how the decision is built.
@@ -53,6 +55,10 @@ type Daemon struct {
 	opts Options
 	log  *slog.Logger
 	cur  atomic.Pointer[generation]
+	// throttle outlives reloads: an attacker gets no fresh budget from a
+	// SIGHUP. It is rebuilt (its state lost) only when throttle: changes.
+	throttle    *throttle.Throttle
+	throttleCfg throttle.Config
 
 	mu      sync.Mutex // orders Reload and Close
 	closed  bool
@@ -94,8 +100,47 @@ func New(cfg *config.File, opts Options) (*Daemon, error) {
 	return d, nil
 }
 
+// prepareThrottle returns the throttle a generation built from cfg uses:
+// nil when off or one-shot (a process that answers one request has no
+// history to throttle on), the running one when throttle: is unchanged,
+// else a new one that install puts in place once the whole generation is
+// built (drop closes it if the build fails).
+func (d *Daemon) prepareThrottle(cfg *config.File) (th *throttle.Throttle, install, drop func(), err error) {
+	nothing := func() {}
+	if d.opts.OneShot || !cfg.Throttle.Enabled {
+		return nil, nothing, nothing, nil
+	}
+	if d.throttle != nil && reflect.DeepEqual(cfg.Throttle, d.throttleCfg) {
+		return d.throttle, nothing, nothing, nil
+	}
+	th, err = throttle.New(cfg.Throttle, d.log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	install = func() {
+		if d.throttle != nil {
+			d.log.Info("throttle settings changed: its state starts afresh")
+			d.throttle.Close()
+		}
+		d.throttle, d.throttleCfg = th, cfg.Throttle
+	}
+	return th, install, func() { th.Close() }, nil
+}
+
 func (d *Daemon) build(cfg *config.File) (*generation, error) {
 	g := &generation{cfg: cfg, fields: cfg.Dovecot, log: d.log}
+	th, install, drop, err := d.prepareThrottle(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if ok {
+			install()
+		} else {
+			drop()
+		}
+	}()
 	dir, err := directory.New(cfg.LDAP.Directory, d.log)
 	if err != nil {
 		return nil, err
@@ -131,7 +176,11 @@ func (d *Daemon) build(cfg *config.File) (*generation, error) {
 			m = g.mirror
 		}
 	}
-	g.ldap, err = ldapauth.New(dir, search, cfg.Access, m, d.log)
+	opts := ldapauth.Options{Logger: d.log, Mirror: m}
+	if th != nil {
+		opts.Throttle = th
+	}
+	g.ldap, err = ldapauth.New(dir, search, cfg.Access, opts)
 	if err != nil {
 		dir.Close()
 		return nil, err
@@ -152,6 +201,7 @@ func (d *Daemon) build(cfg *config.File) (*generation, error) {
 			}
 		}(g.mirror, search.MirrorRefresh)
 	}
+	ok = true
 	return g, nil
 }
 
@@ -246,6 +296,9 @@ func (d *Daemon) Close() {
 	}
 	d.closed = true
 	d.cur.Load().close()
+	if d.throttle != nil {
+		d.throttle.Close()
+	}
 	for g, t := range d.retired {
 		t.Stop()
 		g.close()

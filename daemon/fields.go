@@ -37,9 +37,15 @@ func (g *generation) mapFields(req auth.Request, v auth.Verdict) auth.Verdict {
 	if v.Outcome != auth.Accept {
 		return v
 	}
-	user := req.User
-	if req.Realm != "" {
-		user += "@" + req.Realm
+	// The entry's canonical name, so Dovecot opens the entry's mailbox
+	// whatever case, spacing or realm the client typed.
+	user := v.User
+	if user == "" {
+		req = req.SplitRealm()
+		user = req.User
+		if req.Realm != "" {
+			user += "@" + req.Realm
+		}
 	}
 	fields, err := g.fields.Map(user, v, g.reportMissing)
 	if err != nil {

@@ -114,6 +114,11 @@ func New(cfg Config, log *slog.Logger) (*Directory, error) {
 		return nil, err
 	}
 	d.cfg = cfg
+	if cfg.BindPasswordFile != "" {
+		if p := auth.SecretFileProblem(cfg.BindPasswordFile); p != "" {
+			log.Warn("ldap.bind_password_file: " + p)
+		}
+	}
 	if cfg.InsecureSkipTLS {
 		log.Warn("LDAP TLS certificate verification is OFF (tls_insecure_skip_verify): anyone on the path can impersonate the directory")
 	}
@@ -175,7 +180,7 @@ func (d *Directory) configure(cfg *Config) error {
 		if cfg.BindPassword != "" {
 			return errors.New("ldap.bind_password_file: a bind password is also given; keep one")
 		}
-		pw, err := readSecretFile(cfg.BindPasswordFile)
+		pw, err := auth.ReadPasswordFile(cfg.BindPasswordFile)
 		if err != nil {
 			return fmt.Errorf("ldap.bind_password_file: %w", err)
 		}
@@ -230,22 +235,6 @@ func parseServer(raw string, cfg *Config, roots *x509.CertPool) (*server, error)
 		}
 	}
 	return s, nil
-}
-
-// readSecretFile returns the first line of a secret file (a bind
-// password), without its line ending; an empty line is an error, as it
-// would be an empty password.
-func readSecretFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	pw, err := auth.ReadPasswordLine(f)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
-	}
-	return pw, nil
 }
 
 // Identity says how searches are made, for --explain and doctor.

@@ -44,8 +44,8 @@ var forbiddenFields = map[string]string{
 	"nopassword":          "would accept any password on credentials lookups",
 	"noauthenticate":      "changes passdb chaining",
 	"skip_password_check": "changes passdb chaining",
-	"user":                "mailauthd always returns the user Dovecot asked for",
-	"username":            "mailauthd always returns the user Dovecot asked for",
+	"user":                "mailauthd returns the entry's canonical name (ldap.canonical_user)",
+	"username":            "mailauthd returns the entry's canonical name (ldap.canonical_user)",
 	"login_user":          "would change who is logged in",
 	"master":              "master-user logins are not mapped from LDAP",
 	"pass":                "master-user passwords are not mapped from LDAP",
@@ -251,10 +251,11 @@ func expandTemplate(t, user, local, domain string) string {
 // send the user to the wrong place.
 var ErrBadValue = errors.New("dovecot: directory value unusable in a Dovecot field")
 
-// Map builds the fields for user (as Dovecot sent it) from an accepted
-// verdict: "user" first (unchanged, so Dovecot never renames the login),
-// then every mapped field in name order, the LDAP value when present,
-// else the default. Fields with neither are left out. missing, if not nil,
+// Map builds the fields for user (the entry's canonical name, auth.Verdict's
+// User) from an accepted verdict: "user" first, so Dovecot opens the
+// entry's mailbox whatever the client typed, then every mapped field in
+// name order, the LDAP value when present, else the default (its %u %n %d
+// from user). Fields with neither are left out. missing, if not nil,
 // is called for each mapped attribute the entry lacks.
 func (c Mapping) Map(user string, v auth.Verdict, missing func(field, attr string)) ([]auth.Field, error) {
 	local, domain := user, ""

@@ -224,13 +224,20 @@ func TestServeCheck(t *testing.T) {
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "mux")
 	// No slapd: --check must not need the network.
-	good := writeConfig(t, dir, settings{Socket: sock, LDAPURL: "ldap://127.0.0.1:9"})
+	good := writeConfig(t, dir, settings{Socket: sock, LDAPURL: "ldap://127.0.0.1:9", Realms: []string{"example.org"}})
 	out, err := exec.Command(mailauthdBin, "serve", "--check", "--config", good).CombinedOutput()
 	if err != nil {
 		t.Fatalf("--check on a good config: %v\n%s", err, out)
 	}
 	if got := strings.TrimSpace(string(out)); got != "mailauthd: configuration ok" {
 		t.Errorf("--check output %q", got)
+	}
+	// A realm-blind filter with no served realm is valid but named, with
+	// what to set.
+	blind := writeConfig(t, shortDir(t), settings{Socket: sock, LDAPURL: "ldap://127.0.0.1:9"})
+	out, err = exec.Command(mailauthdBin, "serve", "--check", "--config", blind).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "access.realms: [example.org]") || !strings.Contains(string(out), "configuration ok") {
+		t.Errorf("--check on a realm-blind config: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("--check created the socket (stat: %v)", err)

@@ -118,6 +118,7 @@ type settings struct {
 	LDAPURL      string   // "" leaves out the ldap: section (for --saslauthd-conf)
 	Hostnames    []string // default mail.example.org, mail
 	Filter       string   // default (uid=%u)
+	Realms       []string // access.realms
 	LDAPTimeout  string   // default 1s
 	RequestLimit string   // server.request_timeout, default 4s
 	LogLevel     string   // default info
@@ -156,7 +157,7 @@ func writeConfig(t *testing.T, dir string, s settings) string {
 		fmt.Fprintf(&b, "ldap:\n  urls: [%q]\n  bind_dn: %q\n  bind_password_file: %q\n  base: %q\n  filter: %q\n  timeout: %s\n",
 			s.LDAPURL, slapdtest.ServiceDN, pwFile, slapdtest.PeopleDN, s.Filter, s.LDAPTimeout)
 	}
-	fmt.Fprintf(&b, "access:\n  hostnames: [%s]\n", strings.Join(s.Hostnames, ", "))
+	fmt.Fprintf(&b, "access:\n  hostnames: [%s]\n  realms: [%s]\n", strings.Join(s.Hostnames, ", "), strings.Join(s.Realms, ", "))
 	fmt.Fprintf(&b, "log:\n  format: text\n  level: %s\n", s.LogLevel)
 	b.WriteString(s.Extra)
 	path := filepath.Join(dir, "mailauthd.yaml")

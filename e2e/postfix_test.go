@@ -169,7 +169,8 @@ func TestPostfixSMTPAuth(t *testing.T) {
 	slapd := slapdtest.Start(t)
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "mux")
-	d := startDaemon(t, sock, "--config", writeConfig(t, dir, settings{Socket: sock, LDAPURL: slapd.URL()}))
+	// A single-domain site: realm-blind filter, the served domain listed.
+	d := startDaemon(t, sock, "--config", writeConfig(t, dir, settings{Socket: sock, LDAPURL: slapd.URL(), Realms: []string{"example.org"}}))
 	server := startPostfix(t, sock)
 
 	tests := []struct {
@@ -185,6 +186,9 @@ func TestPostfixSMTPAuth(t *testing.T) {
 		{"LOGIN", "negated", "negatedpw", "535", "reject", "host not allowed", "", ""},
 		// libsasl2 splits "name@domain" itself and sends the domain as the realm.
 		{"PLAIN", "alice@example.org", "alicepw", "235", "accept", "ok", "alice", "example.org"},
+		// The realm is part of the identity: alice's password opens nothing
+		// in a domain this host does not serve for her.
+		{"PLAIN", "alice@evil.test", "alicepw", "535", "reject", "realm not served: evil.test", "alice", "evil.test"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.mech+"/"+tc.user+"/"+tc.code, func(t *testing.T) {

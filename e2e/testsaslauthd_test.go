@@ -55,6 +55,13 @@ func TestTestsaslauthd(t *testing.T) {
 		// Without -r the login is split at the last '@' like libsasl2 does.
 		{"user@domain split", "(mail=%U@%d)", saslReq{"dave@example.net", "dave2pw", "imap", ""},
 			want{okAnswer, "accept", "ok", "dave@example.net", ""}},
+		// A realm-blind filter: a realm sent with -r that this host does not
+		// serve is refused with the right password (Cyrus imapd virtdomains:
+		// "alice@evil.test" must not open evil.test's alice).
+		{"realm not served", "", saslReq{"alice", "alicepw", "imap", "evil.test"},
+			want{"NO", "reject", "realm not served: evil.test", "alice", "evil.test"}},
+		{"client name variant", "", saslReq{"ALICE", "alicepw", "smtp", ""},
+			want{okAnswer, "accept", "ok", "ALICE", ""}},
 	}
 
 	// One daemon per filter, all on the same slapd, living as long as the test.

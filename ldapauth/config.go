@@ -8,7 +8,12 @@ type Config struct {
 	Base         string `yaml:"base"`          // search base; may hold filter tokens (%d, %r, ...), DN-escaped
 	Scope        string `yaml:"scope"`         // sub | one | base
 	Filter       string `yaml:"filter"`        // default (uid=%u); tokens %u %U %d %1-%9 %r %R %s %% (Cyrus lak.c), values filter-escaped; must use %u or %U
-	DefaultRealm string `yaml:"default_realm"` // used for %r when the request has no realm
+	DefaultRealm string `yaml:"default_realm"` // used for %r when the request has no realm; a served realm
+	// CanonicalUser is the name the entry is known by, handed to the mail
+	// store (Dovecot's user=): %{ATTR} (the entry's value), %u %U %d %r %R.
+	// Default: the attribute the filter matches the login against, plus
+	// "@realm" when the login had one, e.g. %{uid}%R for (uid=%u).
+	CanonicalUser string `yaml:"canonical_user"`
 	// Attributes are extra attributes fetched with the user (e.g. for Dovecot
 	// field mapping). They come back in Verdict.Attributes.
 	Attributes []string `yaml:"attributes"`
@@ -33,6 +38,14 @@ type AccessConfig struct {
 	// AllowMissingHost accepts accounts without any host value. Off by default:
 	// a missing attribute denies, as SSSD and pam_ldap do.
 	AllowMissingHost bool `yaml:"allow_missing_host"`
+	// Realms are the domains this host serves for realm-blind searches: a
+	// login name@domain (or a client-sent realm) whose domain is neither
+	// part of the search, nor the entry's (RealmAttribute), nor listed here
+	// is refused.
+	Realms []string `yaml:"realms"`
+	// RealmAttribute names the entry's domain attribute (e.g. mail, whose
+	// part after '@' counts, or associatedDomain); "" = none.
+	RealmAttribute string `yaml:"realm_attribute"`
 	// Filters are extra LDAP filters that must each return the user's entry
 	// (searched with the user's DN as base, scope base). Tokens as Filter plus
 	// %h (this host's first name) and %D (user DN).

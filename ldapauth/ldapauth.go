@@ -40,19 +40,39 @@ type Mirror interface {
 	Lookup(login string) (*ldap.Entry, bool)
 }
 
+// Throttle limits password guessing (*throttle.Throttle). The decision
+// asks it before any directory traffic, once the entry is known and before
+// its password is tried (a refusal there never reaches the directory's own
+// lockout counter), and tells it every outcome.
+type Throttle interface {
+	Before(ctx context.Context, req auth.Request) *auth.Verdict
+	BeforeBind(ctx context.Context, req auth.Request, dn string) *auth.Verdict
+	After(ctx context.Context, req auth.Request, v auth.Verdict)
+}
+
+// Options are the decision's optional parts.
+type Options struct {
+	Logger   *slog.Logger // nil: discard
+	Mirror   Mirror       // nil: every login searches
+	Throttle Throttle     // nil: no throttling
+}
+
 // Authenticator is safe for concurrent use.
 type Authenticator struct {
-	cfg    Config
-	access AccessConfig
-	log    *slog.Logger
-	dir    Directory
-	mirror Mirror // nil unless ldap.mirror_refresh > 0
+	cfg      Config
+	access   AccessConfig
+	log      *slog.Logger
+	dir      Directory
+	mirror   Mirror   // nil unless ldap.mirror_refresh > 0
+	throttle Throttle // nil: off
 
 	hostnames     []string
 	scope         int
-	attrs         []string        // fetched with the user: host, service, cfg.Attributes
+	attrs         []string        // fetched with the user: host, service, realm, canonical, cfg.Attributes
 	fetched       map[string]bool // attrs, lower-cased
 	baseHasTokens bool
+	realm         realmRule
+	canonical     *canonical // nil: the login as sent is the canonical name
 }
 
 var _ auth.Authenticator = (*Authenticator)(nil)
@@ -106,6 +126,12 @@ type decision struct {
 func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex *explainer) auth.Verdict {
 	d := decision{user: req.User, service: req.Service}
 	v := a.decideInner(ctx, req, m, ex, &d)
+	if v.DN == "" && v.Outcome == auth.Reject {
+		v.DN = d.dn // the entry a refusal concerns, for the throttle and the control socket's log
+	}
+	if m == modeAuth && a.throttle != nil && v.Cause != auth.CauseInvalid {
+		a.throttle.After(ctx, req, v)
+	}
 	if v.Cause == auth.CauseAmbiguous {
 		a.log.Warn("ldap: login matches several entries", "user", d.user, "detail", d.detail)
 	}
@@ -171,6 +197,12 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 		}
 	}
 
+	if m == modeAuth && a.throttle != nil {
+		if v := a.throttle.Before(ctx, req); v != nil {
+			ex.step("throttle: %s: refused without asking the directory", v.Reason)
+			return *v
+		}
+	}
 	tv := requestValues(req, a.cfg.DefaultRealm)
 	var buf [256]byte
 	fb, err := expand(buf[:0], a.cfg.Filter, &tv, ldap.EscapeFilter)
@@ -197,6 +229,9 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	if m == modeAuth && !a.baseHasTokens {
 		if me := a.mirrored(&tv); me != nil {
 			ex.step("user found in the local mirror: %s", me.DN)
+			if v := a.guard(ctx, req, me.DN, ex, d); v != nil {
+				return *v
+			}
 			_, err := a.dir.Bind(ctx, me.DN, req.Password)
 			switch {
 			case err == nil:
@@ -228,7 +263,7 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 		}
 		entry = found
 	}
-	return a.applyAccess(ctx, req, ex, d, &tv, entry)
+	return a.applyAccess(ctx, req.SplitRealm(), ex, d, &tv, entry)
 }
 
 // searchAndBind finds the user's entry and, for an authentication, checks
@@ -277,6 +312,9 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 		return auth.Rejected(auth.CauseWrongPassword, "wrong password"), nil
 	}
 	if m == modeAuth {
+		if v := a.guard(ctx, req, entry.DN, ex, d); v != nil {
+			return *v, nil
+		}
 		br, err := a.dir.Bind(ctx, entry.DN, req.Password)
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
@@ -293,10 +331,30 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 	return auth.Verdict{}, entry
 }
 
+// guard asks the throttle, once the entry is known, whether its password
+// may be tried.
+func (a *Authenticator) guard(ctx context.Context, req auth.Request, dn string, ex *explainer, d *decision) *auth.Verdict {
+	if a.throttle == nil {
+		return nil
+	}
+	v := a.throttle.BeforeBind(ctx, req, dn)
+	if v != nil {
+		d.dn, d.detail = dn, v.Reason
+		ex.step("throttle: %s: refused without asking the directory", v.Reason)
+	}
+	return v
+}
+
 // applyAccess applies the host, service and filter rules to the user's
 // entry, after the password was checked (or for a lookup).
 func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *explainer, d *decision, tv *tokenValues, entry *ldap.Entry) auth.Verdict {
-	// 3. Access rules.
+	// 3. The realm is part of the identity, then the access rules.
+	ok, why := a.realm.check(req.Realm, tv, entry)
+	ex.step("realm: %s", why)
+	if !ok {
+		d.detail = "realm: " + why
+		return auth.Rejected(auth.CausePolicy, "realm not served: "+req.Realm)
+	}
 	if a.access.HostAttribute != "" {
 		vals := entry.GetEqualFoldAttributeValues(a.access.HostAttribute)
 		if len(vals) == 0 && a.access.AllowMissingHost {
@@ -347,8 +405,23 @@ func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *e
 			attrs[name] = at.Values
 		}
 	}
+	v := auth.Accepted(entry.DN, attrs)
+	v.User = tv.user
+	if tv.realm != "" && req.Realm != "" {
+		v.User += "@" + req.Realm
+	}
+	if a.canonical != nil {
+		name, err := a.canonical.build(tv, entry)
+		if err != nil {
+			d.detail = err.Error()
+			ex.step("canonical user: %v: refused", err)
+			return auth.Rejected(auth.CausePolicy, err.Error())
+		}
+		v.User = name
+	}
+	ex.step("canonical user: %s", v.User)
 	d.detail = "ok"
-	return auth.Accepted(entry.DN, attrs)
+	return v
 }
 
 // checkFilter runs access filter i with the user's DN as base, scope base:

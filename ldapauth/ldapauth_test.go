@@ -60,7 +60,7 @@ func newAuthDir(t testing.TB, cfg testConfig, access ldapauth.AccessConfig) (*ld
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := ldapauth.New(dir, cfg.searchConfig, access, nil, log)
+	a, err := ldapauth.New(dir, cfg.searchConfig, access, ldapauth.Options{Logger: log})
 	if err != nil {
 		dir.Close()
 		t.Fatal(err)
@@ -134,7 +134,8 @@ func TestAuthenticate(t *testing.T) {
 		{"lone star does not match", auth.Request{User: "*", Password: "alicepw", Service: "imap"}, want{auth.Reject, "unknown user", true}, false},
 		{"injection uid", auth.Request{User: "x)(uid=*", Password: "alicepw", Service: "imap"}, want{auth.Reject, "wrong password", false}, false},
 		{"injection into alice", auth.Request{User: "alice)(uid=*", Password: "alicepw", Service: "imap"}, want{auth.Reject, "unknown user", true}, false},
-		{"realm split", auth.Request{User: "alice@example.org", Password: "alicepw", Service: "imap"}, accept, false},
+		// A realm-blind filter: a realm nobody said this host serves is refused.
+		{"realm split, not served", auth.Request{User: "alice@example.org", Password: "alicepw", Service: "imap"}, want{auth.Reject, "realm not served: example.org", false}, false},
 	} {
 		az := a
 		if tc.svc {
@@ -499,4 +500,105 @@ func TestCloseAndExplainLookup(t *testing.T) {
 	check(t, "before close", a.Authenticate(ctx, auth.Request{User: "alice", Password: "alicepw"}), want{outcome: auth.Accept, reason: "ok"})
 	dir.Close()
 	check(t, "after close", a.Authenticate(ctx, auth.Request{User: "alice", Password: "alicepw"}), want{auth.TempFail, "shutting down", false})
+}
+
+// TestRealms: a login's realm is part of its identity. With each way a realm
+// can be bound to the entry, alice's own domain opens alice and another
+// domain opens nothing; the verdict names the entry canonically, whatever
+// case, spacing or realm the client typed.
+func TestRealms(t *testing.T) {
+	s := slapdtest.Start(t)
+	ctx := ctxT(t)
+	type tc struct {
+		req      auth.Request
+		outcome  auth.Outcome
+		reason   string
+		wantUser string // canonical name on accept
+	}
+	login := func(user, realm, pw string) auth.Request {
+		return auth.Request{User: user, Realm: realm, Password: pw, Service: "imap"}
+	}
+	notServed := func(realm string) string { return "realm not served: " + realm }
+	for _, setup := range []struct {
+		name  string
+		edit  func(*testConfig, *ldapauth.AccessConfig)
+		cases []tc
+	}{
+		{"realm-blind filter (default)", nil, []tc{
+			{login("alice", "", "alicepw"), auth.Accept, "ok", "alice"},
+			{login("ALICE", "", "alicepw"), auth.Accept, "ok", "alice"},
+			{login(" alice", "", "alicepw"), auth.Accept, "ok", "alice"},
+			{login("alice@example.org", "", "alicepw"), auth.Reject, notServed("example.org"), ""},
+			{login("alice", "evil.test", "alicepw"), auth.Reject, notServed("evil.test"), ""},
+			{login("alice@evil.test", "", "alicepw"), auth.Reject, notServed("evil.test"), ""},
+		}},
+		{"access.realms", func(_ *testConfig, a *ldapauth.AccessConfig) { a.Realms = []string{"example.org"} }, []tc{
+			{login("alice@example.org", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
+			{login("ALICE", "EXAMPLE.ORG", "alicepw"), auth.Accept, "ok", "alice@example.org"},
+			{login("alice", "", "alicepw"), auth.Accept, "ok", "alice"},
+			{login("alice@evil.test", "", "alicepw"), auth.Reject, notServed("evil.test"), ""},
+		}},
+		{"ldap.default_realm is served", func(c *testConfig, _ *ldapauth.AccessConfig) { c.DefaultRealm = "example.org" }, []tc{
+			{login("alice", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
+			{login("alice@example.org", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
+			{login("alice@evil.test", "", "alicepw"), auth.Reject, notServed("evil.test"), ""},
+		}},
+		{"entry attribute", func(_ *testConfig, a *ldapauth.AccessConfig) { a.RealmAttribute = "mail" }, []tc{
+			{login("alice@example.org", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
+			{login("alice@Example.Org", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
+			{login("alice@evil.test", "", "alicepw"), auth.Reject, notServed("evil.test"), ""},
+			{login("dave", "example.net", "davepw"), auth.Reject, notServed("example.net"), ""},  // dave's mail is @example.org
+			{login("star@example.org", "", "starpw"), auth.Reject, notServed("example.org"), ""}, // no mail at all
+		}},
+		{"filter token", func(c *testConfig, _ *ldapauth.AccessConfig) { c.Filter = "(mail=%U@%d)" }, []tc{
+			{login("dave@example.org", "", "davepw"), auth.Accept, "ok", "dave@example.org"},
+			{login("dave@example.net", "", "dave2pw"), auth.Accept, "ok", "dave@example.net"},
+			{login("DAVE@EXAMPLE.NET", "", "dave2pw"), auth.Accept, "ok", "dave@example.net"},
+			{login("dave@example.net", "", "davepw"), auth.Reject, "wrong password", ""},
+			{login("alice@evil.test", "", "alicepw"), auth.Reject, "unknown user", ""},
+			// The search bound the login's own domain, not the realm the client sent beside it.
+			{login("dave@example.org", "evil.test", "davepw"), auth.Reject, notServed("evil.test"), ""},
+		}},
+		{"explicit canonical_user", func(c *testConfig, a *ldapauth.AccessConfig) {
+			c.CanonicalUser = "%{mail}"
+			a.AllowMissingHost = true
+		}, []tc{
+			{login("alice", "", "alicepw"), auth.Accept, "ok", "alice@example.org"},
+			{login("nohost", "", "nohostpw"), auth.Reject, "the entry has no mail", ""},
+		}},
+	} {
+		t.Run(setup.name, func(t *testing.T) {
+			cfg, access := baseConfig(s.URL())
+			if setup.edit != nil {
+				setup.edit(&cfg, &access)
+			}
+			a := newAuth(t, cfg, access)
+			for _, c := range setup.cases {
+				for _, lookup := range []bool{false, true} {
+					req, v := c.req, auth.Verdict{}
+					if lookup {
+						req.Password = ""
+						v = a.Lookup(ctx, req)
+					} else {
+						v = a.Authenticate(ctx, req)
+					}
+					if c.reason == "wrong password" && lookup {
+						continue // a lookup checks no password
+					}
+					if v.Outcome != c.outcome || !strings.Contains(v.Reason, c.reason) || v.User != c.wantUser {
+						t.Errorf("%+v (lookup %v): %v %q user %q, want %v %q user %q",
+							c.req, lookup, v.Outcome, v.Reason, v.User, c.outcome, c.reason, c.wantUser)
+					}
+				}
+			}
+		})
+	}
+	// Explain shows the realm decision.
+	cfg, access := baseConfig(s.URL())
+	access.Realms = []string{"example.org"}
+	var b bytes.Buffer
+	newAuth(t, cfg, access).Explain(ctx, login("alice@evil.test", "", "alicepw"), &b)
+	if !strings.Contains(b.String(), "realm: evil.test is not served") {
+		t.Errorf("explain lacks the realm step:\n%s", b.String())
+	}
 }

@@ -33,16 +33,13 @@ func DefaultAccessConfig() AccessConfig {
 }
 
 // New checks cfg and access and resolves this host's names; dir is the
-// transport and m the optional mirror (nil: every login searches). It does
-// not contact LDAP.
-func New(dir Directory, cfg Config, access AccessConfig, m Mirror, logger *slog.Logger) (*Authenticator, error) {
+// transport. It does not contact LDAP.
+func New(dir Directory, cfg Config, access AccessConfig, opts Options) (*Authenticator, error) {
+	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Authenticator{log: logger, dir: dir}
-	if m != nil {
-		a.mirror = m
-	}
+	a := &Authenticator{log: logger, dir: dir, mirror: opts.Mirror, throttle: opts.Throttle}
 	if err := a.configure(&cfg, &access); err != nil {
 		return nil, fmt.Errorf("ldapauth: %w", err)
 	}
@@ -61,6 +58,13 @@ func New(dir Directory, cfg Config, access AccessConfig, m Mirror, logger *slog.
 	}
 	if access.HostAttribute == "" {
 		logger.Info("ldap host attribute check is off (access.host_attribute is empty)")
+	}
+	if a.realm.blind() && len(access.Realms) == 0 {
+		logger.Warn("ldap.filter and ldap.base do not use the realm, and access.realm_attribute is not set: "+
+			"every login that carries a realm (name@domain, or a realm the client sends) other than ldap.default_realm is refused. "+
+			"Single-domain site: list the domain in access.realms (e.g. access.realms: [example.org]); "+
+			"several domains: put %d or %r into ldap.filter, or set access.realm_attribute (e.g. mail)",
+			"filter", cfg.Filter, "default_realm", cfg.DefaultRealm)
 	}
 	return a, nil
 }
@@ -86,6 +90,12 @@ func (a *Authenticator) configure(cfg *Config, access *AccessConfig) error {
 	}
 	if !usesUserToken(cfg.Filter) {
 		return fmt.Errorf("ldap.filter %q: must contain %%u or %%U, or every login would match the same entries", cfg.Filter)
+	}
+	if a.realm, err = newRealmRule(*cfg, *access); err != nil {
+		return err
+	}
+	if a.canonical, err = canonicalFor(*cfg); err != nil {
+		return err
 	}
 	attrs, err := searchAttributes(*cfg, *access)
 	if err != nil {
@@ -124,9 +134,32 @@ func parseScope(s string) (int, error) {
 	return 0, fmt.Errorf("ldap.scope: %q is not sub, one or base", s)
 }
 
-// searchAttributes are the attributes fetched with the user: the host and
-// service attributes and cfg.Attributes, without duplicates; "1.1" (none,
-// RFC 4511) when there is nothing to fetch.
+// canonicalFor is the canonical-user rule: ldap.canonical_user, or the one
+// derived from the filter; ok false (no %{ATTR}) keeps the login as sent.
+func canonicalFor(cfg Config) (*canonical, error) {
+	tmpl := cfg.CanonicalUser
+	if tmpl == "" {
+		filter := cfg.Filter
+		if filter == "" {
+			filter = DefaultFilter
+		}
+		t, ok := defaultCanonical(filter)
+		if !ok {
+			return nil, nil
+		}
+		tmpl = t
+	}
+	c, err := newCanonical(tmpl)
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// searchAttributes are the attributes fetched with the user: the host,
+// service and realm attributes, those the canonical user is made of, and
+// cfg.Attributes, without duplicates; "1.1" (none, RFC 4511) when there is
+// nothing to fetch.
 func searchAttributes(cfg Config, access AccessConfig) ([]string, error) {
 	seen := map[string]bool{}
 	var attrs []string
@@ -152,6 +185,22 @@ func searchAttributes(cfg Config, access AccessConfig) ([]string, error) {
 	if access.ServiceAttribute != "" {
 		if err := addAttr(access.ServiceAttribute); err != nil {
 			return nil, fmt.Errorf("access.service_attribute: %w", err)
+		}
+	}
+	if access.RealmAttribute != "" {
+		if err := addAttr(access.RealmAttribute); err != nil {
+			return nil, fmt.Errorf("access.realm_attribute: %w", err)
+		}
+	}
+	c, err := canonicalFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		for _, n := range c.attrs {
+			if err := addAttr(n); err != nil {
+				return nil, fmt.Errorf("ldap.canonical_user: %w", err)
+			}
 		}
 	}
 	for _, n := range cfg.Attributes {

@@ -228,7 +228,7 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		c, a := good()
 		tc.mutate(&c, &a)
-		_, err := New(nil, c, a, nil, nil)
+		_, err := New(nil, c, a, Options{})
 		if tc.err == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.name, err)
@@ -252,7 +252,7 @@ func TestMirrorConfig(t *testing.T) {
 	c.Attributes = []string{"mailHost"}
 	mc, on, err := MirrorConfig(c, a)
 	if !on || err != nil || mc.Base != c.Base || mc.Filter != DefaultFilter || mc.Scope != ldap.ScopeWholeSubtree ||
-		strings.Join(mc.Attributes, ",") != "host,mailHost" {
+		strings.Join(mc.Attributes, ",") != "host,uid,mailHost" {
 		t.Fatalf("MirrorConfig = %+v %v %v", mc, on, err)
 	}
 	c.MirrorRefresh = time.Second
@@ -269,12 +269,57 @@ func TestMirrorConfig(t *testing.T) {
 func TestDefaultsAndHostnames(t *testing.T) {
 	c := DefaultConfig()
 	c.Base = "dc=example,dc=org"
-	a, err := New(nil, c, DefaultAccessConfig(), nil, nil) // hostnames from this machine
+	a, err := New(nil, c, DefaultAccessConfig(), Options{}) // hostnames from this machine
 	if err != nil {
 		t.Fatal(err)
 	}
 	h, _ := os.Hostname()
 	if names := a.hostnames; len(names) == 0 || names[0] != strings.ToLower(h) {
 		t.Errorf("hostnames = %v, want first %q", names, h)
+	}
+}
+
+func TestDefaultCanonical(t *testing.T) {
+	for _, tc := range []struct {
+		filter, want string
+		ok           bool
+	}{
+		{"(uid=%u)", "%{uid}%R", true},
+		{"(&(objectClass=posixAccount)(uid=%u))", "%{uid}%R", true},
+		{"(mail=%U@%d)", "%{mail}", true},
+		{"(mail=%u@%r)", "%{mail}", true},
+		{"(mail=%u%R)", "%{mail}", true},
+		{"(sAMAccountName=%U)", "%{sAMAccountName}%R", true},
+		{"(|(uid=%u)(mail=%u))", "", false}, // two login attributes: no single canonical one
+		{"(cn=%d)", "", false},
+	} {
+		got, ok := defaultCanonical(tc.filter)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("defaultCanonical(%q) = %q %v, want %q %v", tc.filter, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestRealmConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config, *AccessConfig)
+		err    string
+	}{
+		{"realm with @", func(_ *Config, a *AccessConfig) { a.Realms = []string{"@example.org"} }, "access.realms[0]"},
+		{"empty realm", func(_ *Config, a *AccessConfig) { a.Realms = []string{""} }, "access.realms[0]"},
+		{"bad realm attribute", func(_ *Config, a *AccessConfig) { a.RealmAttribute = "mail box" }, "access.realm_attribute"},
+		{"canonical token", func(c *Config, _ *AccessConfig) { c.CanonicalUser = "%n" }, "unknown token %n"},
+		{"canonical brace", func(c *Config, _ *AccessConfig) { c.CanonicalUser = "%{mail" }, "without }"},
+		{"canonical password", func(c *Config, _ *AccessConfig) { c.CanonicalUser = "%{userPassword}" }, "not an attribute name"},
+	} {
+		c := DefaultConfig()
+		c.Base = "dc=example,dc=org"
+		a := DefaultAccessConfig()
+		a.Hostnames = []string{"mail.example.org"}
+		tc.mutate(&c, &a)
+		if _, err := New(nil, c, a, Options{}); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
+		}
 	}
 }

@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
       libpam0g-dev libpam-modules openssl ca-certificates systemd
       389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime
-      dovecot-auth-lua lua-socket debootstrap
+      dovecot-auth-lua lua-socket debootstrap redis-server fail2ban
       nginx libnginx-mod-mail dovecot-imapd)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -22,6 +22,6 @@ lock=(-o DPkg::Lock::Timeout=600)
 $SUDO apt-get "${lock[@]}" update -qq
 $SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system daemons we do not use; tests start their own copies.
-for s in slapd saslauthd postfix dovecot dirsrv.target samba-ad-dc smbd nmbd winbind nginx; do
+for s in slapd saslauthd postfix dovecot dirsrv.target samba-ad-dc smbd nmbd winbind redis-server fail2ban nginx; do
   $SUDO systemctl stop "$s" 2>/dev/null || $SUDO service "$s" stop 2>/dev/null || true
 done

@@ -165,6 +165,15 @@ func TestDovecot(t *testing.T) {
 		{"userdb defaults", withUserdb, []string{"user", "star@example.net"}, 0,
 			[]string{"uid\t5000", "home\t/var/vmail/example.net/star"}, nil},
 		{"userdb unknown", withUserdb, []string{"user", "nobody"}, 67, nil, nil},
+		// The realm is part of the identity, and Dovecot gets the entry's
+		// canonical name whatever the client typed.
+		{"another tenant's realm", withPrefetch, []string{"auth", "test", "alice@evil.test", "alicepw"}, 77,
+			[]string{"auth failed"}, []string{"temp_fail"}},
+		{"own realm, canonical user", withPrefetch, []string{"auth", "test", "alice@Example.ORG", "alicepw"}, 0,
+			[]string{"auth succeeded", "user=alice@example.org"}, nil},
+		{"name variant, canonical user", withPrefetch, []string{"auth", "test", "ALICE", "alicepw"}, 0,
+			[]string{"auth succeeded", "  user=alice\n"}, []string{"  user=ALICE"}},
+		{"userdb, another tenant's realm", withUserdb, []string{"user", "alice@evil.test"}, 67, nil, nil},
 		{"userdb refused by host", withUserdb, []string{"user", "otherhost"}, 67, nil, nil},
 	}
 	n := 0

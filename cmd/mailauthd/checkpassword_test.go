@@ -109,6 +109,7 @@ ldap:
   timeout: 2s
 access:
   hostnames: [mail.example.org, mail]
+  realms: [example.org, example.net]
 checkpassword:
   timeout: 3s
 dovecot:
@@ -262,7 +263,7 @@ var cpCases = []struct {
 	{"accepted", dovecotEnv(), "alice\x00alicepw\x00\x00", checkpassword.ExitOK, aliceFields},
 	{"wrong password", dovecotEnv(), "alice\x00nope\x00\x00", checkpassword.ExitReject, nil},
 	{"refused by host attribute", dovecotEnv(), "otherhost\x00otherhostpw\x00\x00", checkpassword.ExitReject, nil},
-	{"unknown user", dovecotEnv(), "nobody\x00pw\x00\x00", checkpassword.ExitReject, nil},
+	{"unknown user", dovecotEnv(), "nobody\x00Nobody-Secret-41\x00\x00", checkpassword.ExitReject, nil},
 	{"empty password", dovecotEnv(), "alice\x00\x00\x00", checkpassword.ExitReject, nil},
 	{"lookup", dovecotEnv("AUTHORIZED=1"), "alice\x00\x00\x00", checkpassword.ExitFound, aliceFields},
 	{"lookup with domain defaults", dovecotEnv("AUTHORIZED=1"), "star@example.net\x00\x00\x00", checkpassword.ExitFound, map[string]string{

@@ -1,0 +1,344 @@
+// Package throttle slows and then stops password guessing, for every
+// front door at once: it sits in the decision (package ldapauth asks it
+// before any directory traffic, once the entry is found and before its
+// password is tried, and tells it every outcome).
+//
+//   - Per account, keyed by the entry's DN (so "ALICE", " alice" and
+//     "alice@anything" count as one), or by the normalised login while no
+//     entry is known: after Account.Failures distinct wrong passwords within
+//     Account.Window, further attempts are refused without asking the
+//     directory until the oldest failures age out. The directory's own
+//     lockout counter (AD, 389-ds, OpenLDAP ppolicy) never sees them.
+//   - Per client address (IPv4 /32, IPv6 /64) where the front door knows
+//     it: Client.Failures distinct failed guesses across any accounts
+//     (password spraying) within Client.Window.
+//   - The same wrong password again (a phone with an old password) counts
+//     once and is answered from memory while it is fresh.
+//   - From the second failure on, each failure is answered after a delay
+//     that doubles up to MaxDelay.
+//   - The real user keeps working: a password the directory accepted for
+//     that entry recently (KnownGood, kept as a keyed hash, never the
+//     password) passes a block and goes on to the directory.
+//   - A throttled refusal looks like a wrong password to the client; only
+//     the log says "throttled".
+//
+// State is in memory, bounded (Entries, least recently used dropped), and
+// lost on restart; with Redis configured it is shared by every mail host
+// using that Redis, and when Redis fails the local state decides (logged,
+// never a failed login because of it).
+package throttle
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/mailauthd/mailauthd/auth"
+)
+
+// Limit is a failure budget within a sliding window.
+type Limit struct {
+	Failures int           `yaml:"failures"` // distinct failures allowed within Window; 0 = no limit
+	Window   time.Duration `yaml:"window"`
+}
+
+// Config is the throttle: section.
+type Config struct {
+	Enabled   bool          `yaml:"enabled"`
+	Account   Limit         `yaml:"account"`
+	Client    Limit         `yaml:"client"`
+	Delay     time.Duration `yaml:"delay"`      // the first failure delay; 0 = none
+	MaxDelay  time.Duration `yaml:"max_delay"`  // delays double up to this
+	KnownGood time.Duration `yaml:"known_good"` // how long an accepted password passes a block
+	Entries   int           `yaml:"entries"`    // accounts, clients and logins remembered
+	Redis     RedisConfig   `yaml:"redis"`
+}
+
+// DefaultConfig: on; 5 wrong passwords per account and 30 failed guesses
+// per client address within 15 minutes; delays from 250 ms doubling to 2 s.
+func DefaultConfig() Config {
+	return Config{
+		Enabled:   true,
+		Account:   Limit{Failures: 5, Window: 15 * time.Minute},
+		Client:    Limit{Failures: 30, Window: 15 * time.Minute},
+		Delay:     250 * time.Millisecond,
+		MaxDelay:  2 * time.Second,
+		KnownGood: 24 * time.Hour,
+		Entries:   100_000,
+		Redis:     RedisConfig{Timeout: 100 * time.Millisecond, Prefix: "mailauthd:"},
+	}
+}
+
+// Validate checks the section.
+func (c Config) Validate() error {
+	var errs []string
+	for name, l := range map[string]Limit{"account": c.Account, "client": c.Client} {
+		if l.Failures < 0 || l.Failures > 10_000 {
+			errs = append(errs, fmt.Sprintf("throttle.%s.failures must be 0..10000", name))
+		}
+		if l.Failures > 0 && (l.Window < time.Second || l.Window > 7*24*time.Hour) {
+			errs = append(errs, fmt.Sprintf("throttle.%s.window must be 1s..168h", name))
+		}
+	}
+	if c.Delay < 0 || c.MaxDelay < c.Delay || c.MaxDelay > 30*time.Second {
+		errs = append(errs, "throttle.delay and max_delay must satisfy 0 <= delay <= max_delay <= 30s")
+	}
+	if c.KnownGood < 0 || c.KnownGood > 30*24*time.Hour {
+		errs = append(errs, "throttle.known_good must be 0..720h")
+	}
+	if c.Entries < 0 || c.Entries > 10_000_000 {
+		errs = append(errs, "throttle.entries must be 0..10000000")
+	}
+	if err := c.Redis.validate(); err != nil {
+		errs = append(errs, err.Error())
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// maxGuesses bounds the distinct failures remembered per key: enough to
+// decide any budget up to it, small enough to bound memory under attack.
+const maxGuesses = 64
+
+// Throttle is safe for concurrent use. The zero value is not usable: New.
+type Throttle struct {
+	cfg   Config
+	store store
+	log   *slog.Logger
+	key   [32]byte // HMAC key for guesses and known-good marks
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration)
+
+	// Counters since New, for metrics.
+	refusedAccount, refusedClient, repeated, delayed atomic.Uint64
+}
+
+// New builds a throttle. With cfg.Redis.Addr set it shares its state
+// through Redis (the HMAC key then comes from cfg.Redis.KeyFile, the same
+// on every host); otherwise the key is random per process.
+func New(cfg Config, log *slog.Logger) (*Throttle, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := &Throttle{cfg: cfg, log: log, now: time.Now, sleep: sleepCtx}
+	entries := cfg.Entries
+	if entries == 0 {
+		entries = DefaultConfig().Entries
+	}
+	local := newMemory(entries, t.now)
+	t.store = local
+	if cfg.Redis.Addr != "" {
+		key, r, err := newRedis(cfg.Redis)
+		if err != nil {
+			return nil, err
+		}
+		t.key = key
+		t.store = &fallback{shared: r, local: local, log: log}
+	} else if _, err := rand.Read(t.key[:]); err != nil {
+		return nil, fmt.Errorf("throttle: no randomness for the HMAC key: %w", err)
+	}
+	return t, nil
+}
+
+// Close releases the shared store's connections.
+func (t *Throttle) Close() error { return t.store.close() }
+
+// Stats are counters since New.
+type Stats struct {
+	RefusedAccount, RefusedClient, Repeated, Delayed uint64
+}
+
+// Stats returns the counters.
+func (t *Throttle) Stats() Stats {
+	return Stats{t.refusedAccount.Load(), t.refusedClient.Load(), t.repeated.Load(), t.delayed.Load()}
+}
+
+// Keys: an account by its DN once known, by its normalised login before;
+// a client by its address prefix.
+func accountKey(dn string) string { return "a:" + strings.ToLower(dn) }
+
+func loginKey(req auth.Request) string {
+	req = req.SplitRealm()
+	k := "l:" + strings.ToLower(strings.TrimSpace(req.User))
+	if req.Realm != "" {
+		k += "@" + strings.ToLower(strings.TrimSpace(req.Realm))
+	}
+	return k
+}
+
+// clientKey is the client's address as a throttling key: IPv4 /32, IPv6
+// /64 (one host's share of a network). "a.b.c.d;port" (cyrus-sasl master)
+// and "[v6]:port" are understood; anything else is not throttled by
+// address.
+func clientKey(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	if i := strings.IndexByte(addr, ';'); i >= 0 {
+		addr = addr[:i]
+	}
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		addr = ap.Addr().String()
+	}
+	a, err := netip.ParseAddr(strings.Trim(addr, "[]"))
+	if err != nil {
+		return ""
+	}
+	a = a.Unmap()
+	if a.Is4() {
+		return "c:" + a.String()
+	}
+	p, _ := a.Prefix(64)
+	return "c:" + p.String()
+}
+
+// mark is a keyed hash of (key, password): what identifies a guess (or a
+// known-good password) without holding the password.
+func (t *Throttle) mark(key, password string) [16]byte {
+	m := hmac.New(sha256.New, t.key[:])
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(key)))
+	m.Write(n[:])
+	m.Write([]byte(key))
+	m.Write([]byte(password))
+	var out [16]byte
+	copy(out[:], m.Sum(nil))
+	return out
+}
+
+func throttled(scope string) *auth.Verdict {
+	v := auth.Rejected(auth.CauseThrottled, "throttled: too many failures for this "+scope)
+	return &v
+}
+
+// Before is asked before any directory traffic: a client address over its
+// budget, or a login whose account is, is refused here unless the
+// password is one the directory accepted for it recently.
+func (t *Throttle) Before(ctx context.Context, req auth.Request) *auth.Verdict {
+	if ck := clientKey(req.ClientAddr); ck != "" && t.cfg.Client.Failures > 0 {
+		n, _ := t.store.count(ctx, ck, t.cfg.Client.Window)
+		if n >= t.cfg.Client.Failures && !t.knownGoodLogin(ctx, req) {
+			t.refusedClient.Add(1)
+			return throttled("client address")
+		}
+	}
+	// A login already seen resolves to its entry without a search.
+	if dn, ok := t.store.resolve(ctx, loginKey(req)); ok {
+		return t.BeforeBind(ctx, req, dn)
+	}
+	return nil
+}
+
+// BeforeBind is asked once the entry is known, before its password is
+// tried: an account over its budget is refused, and the same wrong
+// password as before is answered from memory.
+func (t *Throttle) BeforeBind(ctx context.Context, req auth.Request, dn string) *auth.Verdict {
+	ak := accountKey(dn)
+	guess := t.mark(ak, req.Password)
+	if seen, _ := t.store.seen(ctx, ak, guess, t.cfg.Account.Window); seen {
+		t.repeated.Add(1)
+		v := auth.Rejected(auth.CauseWrongPassword, "wrong password (the same one as before; not asked again)")
+		v.DN = dn
+		return &v
+	}
+	if t.cfg.Account.Failures > 0 {
+		n, _ := t.store.count(ctx, ak, t.cfg.Account.Window)
+		if n >= t.cfg.Account.Failures {
+			if good, _ := t.store.isGood(ctx, ak, t.mark("g"+ak, req.Password)); good {
+				return nil
+			}
+			t.refusedAccount.Add(1)
+			v := throttled("account")
+			v.DN = dn
+			return v
+		}
+	}
+	return nil
+}
+
+// After records an outcome: an accepted password becomes known-good for
+// its entry; a wrong password or an unknown login is a failure for the
+// account and the client address, answered after a growing delay.
+func (t *Throttle) After(ctx context.Context, req auth.Request, v auth.Verdict) {
+	switch {
+	case v.Outcome == auth.Accept && v.DN != "":
+		ak := accountKey(v.DN)
+		t.store.remember(ctx, loginKey(req), v.DN)
+		if t.cfg.KnownGood > 0 {
+			t.store.setGood(ctx, ak, t.mark("g"+ak, req.Password), t.cfg.KnownGood)
+		}
+	case v.Outcome == auth.Reject && (v.Cause == auth.CauseWrongPassword || v.Cause == auth.CauseUnknownUser):
+		if strings.HasSuffix(v.Reason, "not asked again)") {
+			return // already counted
+		}
+		key := loginKey(req)
+		if v.DN != "" {
+			key = accountKey(v.DN)
+			t.store.remember(ctx, loginKey(req), v.DN)
+		}
+		n, _, _ := t.store.record(ctx, key, t.mark(key, req.Password), t.cfg.Account.Window)
+		if ck := clientKey(req.ClientAddr); ck != "" && t.cfg.Client.Failures > 0 {
+			c, _, _ := t.store.record(ctx, ck, t.mark(ck+"\x00"+key, req.Password), t.cfg.Client.Window)
+			n = max(n, c)
+		}
+		t.wait(ctx, n)
+	case v.Outcome == auth.Reject && v.Cause == auth.CauseThrottled:
+		t.wait(ctx, maxGuesses)
+	}
+}
+
+// wait delays a failure answer: nothing for the first, then Delay doubling
+// per failure up to MaxDelay, never past ctx's deadline.
+func (t *Throttle) wait(ctx context.Context, failures int) {
+	if t.cfg.Delay <= 0 || failures < 2 {
+		return
+	}
+	d := t.cfg.Delay
+	for i := 2; i < failures && d < t.cfg.MaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, t.cfg.MaxDelay)
+	if dl, ok := ctx.Deadline(); ok {
+		// Leave the front door time to answer within its own deadline.
+		d = min(d, time.Until(dl)/2)
+	}
+	if d > 0 {
+		t.delayed.Add(1)
+		t.sleep(ctx, d)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+	case <-ctx.Done():
+	}
+}
+
+// knownGoodLogin reports a password accepted recently for the entry this
+// login resolved to.
+func (t *Throttle) knownGoodLogin(ctx context.Context, req auth.Request) bool {
+	dn, ok := t.store.resolve(ctx, loginKey(req))
+	if !ok {
+		return false
+	}
+	ak := accountKey(dn)
+	good, _ := t.store.isGood(ctx, ak, t.mark("g"+ak, req.Password))
+	return good
+}

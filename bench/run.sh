@@ -3,6 +3,8 @@
 # slapd, same closed-loop load generator (bench/loadgen), same socket
 # protocol. Prints one table, the ratios measured in this run, and
 # mailauthd's resident memory with 10,000 cached users over a long run.
+# The same two mailauthd daemons (no cache, cache) are also measured through
+# nginx's auth_http (listen.http, loadgen -mode http): the auth_http rows.
 #
 # usage: bench/run.sh [path/to/mailauthd]      (make bench passes bin/mailauthd)
 #
@@ -124,6 +126,12 @@ listen:
       mode: "0666"
   control:
     path: $dir/control
+  http:
+    - path: $dir/http
+      mode: "0666"
+auth_http:
+  backends:
+    smtp: {server: 127.0.0.1, port: 25}
 ldap:
   urls: [$url]
   bind_dn: $service_dn
@@ -185,6 +193,11 @@ for c in $concs; do
   for d in "${daemons[@]}"; do
     # shellcheck disable=SC2046 # word splitting wanted: daemon prints flags
     cell "$d" "$c" $(daemon "$d") "${load[@]}"
+  done
+  # nginx's auth_http into the same two daemons (cache off, on).
+  for d in mailauthd mailauthd-cache; do
+    # shellcheck disable=SC2046
+    cell "${d/mailauthd/auth_http}" "$c" -mode http $(daemon "$d" | sed "s|$work/$d/mux|$work/$d/http|") "${load[@]}"
   done
 done
 

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
@@ -20,6 +22,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/mailauthd/mailauthd/authhttp"
 	"github.com/mailauthd/mailauthd/cache"
 	"github.com/mailauthd/mailauthd/checkpassword"
 	"github.com/mailauthd/mailauthd/directory"
@@ -47,6 +50,7 @@ type File struct {
 	Throttle      throttle.Config       `yaml:"throttle"`
 	Dovecot       dovecot.Mapping       `yaml:"dovecot"`
 	Checkpassword checkpassword.Config  `yaml:"checkpassword"`
+	AuthHTTP      authhttp.Config       `yaml:"auth_http"`
 	Pamcheck      pamcheck.Config       `yaml:"pamcheck"`
 	Doctor        Doctor                `yaml:"doctor"`
 	Log           Log                   `yaml:"log"`
@@ -94,6 +98,50 @@ type Listen struct {
 	// Control is the daemon's private socket: the checkpassword fast path and
 	// "mailauthd cache flush". Path "" turns it off.
 	Control Socket `yaml:"control"`
+	// HTTP listeners serve nginx's mail auth_http (auth_http: section) and
+	// the daemon's other HTTP endpoints. None by default.
+	HTTP []HTTPSocket `yaml:"http"`
+}
+
+// HTTPSocket is one HTTP listener: a Unix socket (Path, Mode, Group) or a
+// TCP address (Address, "127.0.0.1:8080"). A TCP address must be loopback:
+// whoever reaches the listener can test passwords, and nginx's request
+// carries them in clear text.
+type HTTPSocket struct {
+	Path    string `yaml:"path"`
+	Mode    string `yaml:"mode"`
+	Group   string `yaml:"group"`
+	Address string `yaml:"address"`
+	// DangerouslyAllowNonLoopback serves Address even when it is not a
+	// loopback address. Only for a private network where nothing but nginx
+	// can connect; prefer a Unix socket or loopback.
+	DangerouslyAllowNonLoopback bool `yaml:"dangerously_allow_non_loopback"`
+}
+
+// Socket is the Unix socket part of h.
+func (h HTTPSocket) Socket() Socket { return Socket{Path: h.Path, Mode: h.Mode, Group: h.Group} }
+
+// CheckAddress validates Address: an IP literal and a port (0, a free
+// one, only outside a configuration file: Validate refuses it), loopback
+// unless DangerouslyAllowNonLoopback. A host name is refused: it could
+// resolve to anything.
+func (h HTTPSocket) CheckAddress() error {
+	host, port, err := net.SplitHostPort(h.Address)
+	if err != nil {
+		return fmt.Errorf("address %q: %v", h.Address, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("address %q: port must be 1..65535", h.Address)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("address %q: the host must be an IP address like 127.0.0.1 or ::1, not a name or empty", h.Address)
+	}
+	if !ip.Unmap().IsLoopback() && !h.DangerouslyAllowNonLoopback {
+		return fmt.Errorf("address %q is not a loopback address: anyone reaching it could test passwords; "+
+			"use a Unix socket or 127.0.0.1, or set dangerously_allow_non_loopback: true", h.Address)
+	}
+	return nil
 }
 
 // Server holds the limits of the socket front doors.
@@ -158,6 +206,7 @@ func Default() *File {
 		Throttle:      throttle.DefaultConfig(),
 		Checkpassword: checkpassword.Config{Timeout: checkpassword.DefaultTimeout},
 		Doctor:        Doctor{Upgrades: UpgradesWarn},
+		AuthHTTP:      authhttp.DefaultConfig(),
 		Log:           Log{Format: "text", Level: "info"},
 	}
 }
@@ -380,6 +429,12 @@ func section(goType string) string {
 		return "cache"
 	case "checkpassword.Config":
 		return "checkpassword"
+	case "config.HTTPSocket":
+		return "listen.http"
+	case "authhttp.Config":
+		return "auth_http"
+	case "authhttp.Upstream":
+		return "auth_http.backends"
 	}
 	return goType
 }
@@ -413,6 +468,35 @@ func (f *File) Validate() error {
 			bad("listen.saslauthd[%d]: path is empty", i)
 		}
 	}
+	for i, h := range f.Listen.HTTP {
+		switch {
+		case (h.Path == "") == (h.Address == ""):
+			bad("listen.http[%d]: set exactly one of path (Unix socket) and address (loopback TCP)", i)
+		case h.Path != "":
+			if !strings.HasPrefix(h.Path, "/") {
+				bad("listen.http[%d]: socket path %q must be absolute", i, h.Path)
+			}
+			if seen[h.Path] {
+				bad("listen: socket path %q used twice", h.Path)
+			}
+			seen[h.Path] = true
+			if _, err := h.Socket().FileMode(); err != nil {
+				bad("listen.http[%d]: %v", i, err)
+			}
+			if h.DangerouslyAllowNonLoopback {
+				bad("listen.http[%d]: dangerously_allow_non_loopback is for an address, not a socket path", i)
+			}
+		default:
+			if h.Mode != "" || h.Group != "" {
+				bad("listen.http[%d]: mode and group are for a socket path, not an address", i)
+			}
+			if err := h.CheckAddress(); err != nil {
+				bad("listen.http[%d]: %v", i, err)
+			} else if strings.HasSuffix(h.Address, ":0") {
+				bad("listen.http[%d]: address %q: port must be 1..65535", i, h.Address)
+			}
+		}
+	}
 	if f.Server.MaxConnections < 1 || f.Server.MaxConnections > 65536 {
 		bad("server.max_connections must be 1..65536, not %d", f.Server.MaxConnections)
 	}
@@ -443,7 +527,8 @@ func (f *File) Validate() error {
 	if f.Cache.TTL < 0 || f.Cache.Size < 0 {
 		bad("cache.ttl and cache.size must not be negative")
 	}
-	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate(), f.Throttle.Validate()} {
+	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate(), f.Throttle.Validate(),
+		f.AuthHTTP.Validate()} {
 		if err != nil {
 			bad("%v", err)
 		}

@@ -43,6 +43,22 @@ func TestDefaultsSurviveAPartialFile(t *testing.T) {
 	}
 }
 
+func TestHTTPListeners(t *testing.T) {
+	f, err := Parse([]byte("listen:\n  http:\n    - {path: /run/mailauthd/http, mode: \"0660\"}\n" +
+		"    - {address: \"127.0.0.1:8143\"}\n    - {address: \"[::1]:8143\"}\n" +
+		"    - {address: \"192.0.2.1:8143\", dangerously_allow_non_loopback: true}\n" +
+		"auth_http:\n  server_attribute: mailHost\n  backends:\n    imap: {port: 143}\n    smtp: {server: 192.0.2.25, port: 25}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Listen.HTTP) != 4 || !f.AuthHTTP.Enabled() || f.AuthHTTP.Backends["smtp"].Port != 25 || f.AuthHTTP.Path != "/auth" {
+		t.Errorf("parsed %+v %+v", f.Listen.HTTP, f.AuthHTTP)
+	}
+	if d := Default(); len(d.Listen.HTTP) != 0 || d.AuthHTTP.Enabled() {
+		t.Error("HTTP is on by default")
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	cases := []struct {
 		name, yaml, want string
@@ -66,6 +82,16 @@ func TestConfigErrors(t *testing.T) {
 		{"pamcheck empty rule", "pamcheck:\n  rules:\n    - service: imap\n", "checks nothing"},
 		{"pamcheck rule type", "pamcheck:\n  rules:\n    - service: imap\n      type: login\n      require_any_module: [a]\n", "unknown type"},
 		{"negative mirror", "ldap:\n  mirror_refresh: -1s\n", "mirror_refresh"},
+		{"http on every interface", "listen:\n  http: [{address: \":8080\"}]\n", "must be an IP address"},
+		{"http on a public address", "listen:\n  http: [{address: \"192.0.2.1:8080\"}]\n", "dangerously_allow_non_loopback"},
+		{"http port 0", "listen:\n  http: [{address: \"127.0.0.1:0\"}]\n", "port must be 1..65535"},
+		{"http on a name", "listen:\n  http: [{address: \"localhost:8080\"}]\n", "not a name"},
+		{"http path and address", "listen:\n  http: [{path: /run/h, address: \"127.0.0.1:80\"}]\n", "exactly one"},
+		{"http mode on an address", "listen:\n  http: [{address: \"127.0.0.1:80\", mode: \"0600\"}]\n", "for a socket path"},
+		{"http socket twice", "listen:\n  saslauthd: [{path: /run/x}]\n  http: [{path: /run/x}]\n", "used twice"},
+		{"auth_http typo", "auth_http:\n  backend: {}\n", `unknown key "backend" (in auth_http)`},
+		{"auth_http name backend", "auth_http:\n  backends:\n    imap: {server: imap.example.org, port: 143}\n", "needs an IP address"},
+		{"auth_http backend typo", "auth_http:\n  backends:\n    imap: {sever: 192.0.2.1, port: 143}\n", `unknown key "sever" (in auth_http.backends)`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

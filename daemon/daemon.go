@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/authhttp"
 	"github.com/mailauthd/mailauthd/cache"
 	"github.com/mailauthd/mailauthd/config"
 	"github.com/mailauthd/mailauthd/directory"
@@ -40,6 +41,13 @@ type Options struct {
 	// mirror (it would read the whole directory for one login) and no
 	// cache (nothing would hit it).
 	OneShot bool
+	// Check (serve --check) also reads what only the serving daemon needs,
+	// such as auth_http.secret_file, so a missing file fails the check
+	// instead of the next start.
+	Check bool
+	// Resolver resolves the backend names auth_http routing finds in LDAP;
+	// nil: net.DefaultResolver. Tests pass their own.
+	Resolver authhttp.Resolver
 }
 
 // Daemon is safe for concurrent use.
@@ -66,7 +74,10 @@ type generation struct {
 	cache  *cache.Cache // nil when off
 	front  auth.Authenticator
 	fields dovecot.Mapping
-	log    *slog.Logger
+	// authHTTP is the auth_http: section compiled (secret read, routing);
+	// nil in a OneShot build, which serves no HTTP.
+	authHTTP *authhttp.Policy
+	log      *slog.Logger
 	// missing records the mapped attributes already reported as absent
 	// from an entry (once per generation, at debug level).
 	missing sync.Map
@@ -139,6 +150,16 @@ func (d *Daemon) build(cfg *config.File) (*generation, error) {
 	// The attributes Dovecot fields are mapped from come with the user's
 	// search, so a lookup costs no second query.
 	search.Attributes = cfg.Dovecot.MergeAttributes(search.Attributes)
+	// So do the attributes nginx's routing reads (auth_http.server_attribute,
+	// user_attribute): the route of an accept needs no second query either.
+	search.Attributes = cfg.AuthHTTP.MergeAttributes(search.Attributes)
+	if !d.opts.OneShot || d.opts.Check {
+		g.authHTTP, err = authhttp.NewPolicy(cfg.AuthHTTP, d.opts.Resolver)
+		if err != nil {
+			dir.Close()
+			return nil, err
+		}
+	}
 	var m ldapauth.Mirror
 	if !d.opts.OneShot {
 		mc, on, err := ldapauth.MirrorConfig(search, cfg.Access)

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
+	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 
 	"github.com/coreos/go-systemd/v22/activation"
 
+	"github.com/mailauthd/mailauthd/authhttp"
 	"github.com/mailauthd/mailauthd/config"
 	"github.com/mailauthd/mailauthd/control"
 	"github.com/mailauthd/mailauthd/saslauthd"
@@ -18,6 +22,7 @@ import (
 type Listeners struct {
 	Saslauthd []net.Listener
 	Control   net.Listener // nil: off
+	HTTP      []net.Listener
 }
 
 // Close closes every listener (for an error path before Serve).
@@ -28,11 +33,14 @@ func (ls Listeners) Close() {
 	if ls.Control != nil {
 		ls.Control.Close()
 	}
+	for _, l := range ls.HTTP {
+		l.Close()
+	}
 }
 
 // OpenListeners takes the sockets systemd passed (FileDescriptorName=
-// saslauthd or control) when it passed any, otherwise creates those cfg
-// names.
+// saslauthd, control or http) when it passed any, otherwise creates those
+// cfg names.
 func OpenListeners(cfg *config.File) (Listeners, error) {
 	var ls Listeners
 	byName, err := activation.ListenersWithNames()
@@ -44,9 +52,12 @@ func OpenListeners(cfg *config.File) (Listeners, error) {
 			if x == nil {
 				continue
 			}
-			if name == "control" {
+			switch name {
+			case "control":
 				ls.Control = x
-			} else {
+			case "http":
+				ls.HTTP = append(ls.HTTP, x)
+			default:
 				ls.Saslauthd = append(ls.Saslauthd, x)
 			}
 		}
@@ -72,13 +83,42 @@ func OpenListeners(cfg *config.File) (Listeners, error) {
 		}
 		ls.Control = l
 	}
+	for _, h := range cfg.Listen.HTTP {
+		l, err := listenHTTP(h)
+		if err != nil {
+			ls.Close()
+			return Listeners{}, err
+		}
+		ls.HTTP = append(ls.HTTP, l)
+	}
 	return ls, nil
+}
+
+// listenHTTP opens one listen.http entry: a Unix socket with the same
+// care as the saslauthd sockets (mode and group set before it appears, a
+// stale one replaced, a live one refused), or a TCP address that
+// config.Validate has checked is loopback (or explicitly allowed).
+func listenHTTP(h config.HTTPSocket) (net.Listener, error) {
+	if h.Path != "" {
+		mode, _ := h.Socket().FileMode() // validated at load
+		return saslauthd.Listen(h.Path, mode, h.Group)
+	}
+	if err := h.CheckAddress(); err != nil { // also when cfg was not validated
+		return nil, fmt.Errorf("listen.http: %w", err)
+	}
+	l, err := net.Listen("tcp", h.Address)
+	if err != nil {
+		return nil, fmt.Errorf("listen.http: %w", err)
+	}
+	return l, nil
 }
 
 // Servers are the front doors serving a Daemon.
 type Servers struct {
 	sasl    *saslauthd.Server
 	control *control.Server
+	http    *http.Server
+	mux     *http.ServeMux
 	wg      sync.WaitGroup
 	errc    chan error
 }
@@ -88,7 +128,7 @@ type Servers struct {
 // asks d, so a Reload applies to every one at once.
 func (d *Daemon) Serve(ls Listeners) *Servers {
 	cfg := d.Config().Server
-	s := &Servers{errc: make(chan error, len(ls.Saslauthd)+1)}
+	s := &Servers{errc: make(chan error, len(ls.Saslauthd)+len(ls.HTTP)+1)}
 	s.sasl = &saslauthd.Server{
 		Authenticator:     d,
 		Logger:            d.log,
@@ -116,7 +156,105 @@ func (d *Daemon) Serve(ls Listeners) *Servers {
 		}
 		s.run(d, ls.Control, "control", s.control.Serve, control.ErrServerClosed)
 	}
+	if len(ls.HTTP) > 0 {
+		s.mux = d.httpMux()
+		s.http = newHTTPServer(s.mux, cfg, d)
+		for _, l := range ls.HTTP {
+			s.run(d, limitListener(l, cfg.MaxConnections), "http", s.http.Serve, http.ErrServerClosed)
+		}
+	}
 	return s
+}
+
+// httpMux is what the HTTP listeners serve. Endpoints that are not a
+// front door (metrics, health) are registered here too.
+func (d *Daemon) httpMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	if a := d.Config().AuthHTTP; a.Enabled() {
+		cfg := d.Config().Server
+		mux.Handle(a.Path, &authhttp.Handler{
+			Backend:        d.AuthHTTP(),
+			Logger:         d.log,
+			RequestTimeout: cfg.RequestTimeout,
+			MaxFieldSize:   cfg.MaxFieldSize,
+		})
+	}
+	return mux
+}
+
+// HTTPMux is the HTTP listeners' ServeMux (nil when none is open), for
+// handlers registered after Serve.
+func (s *Servers) HTTPMux() *http.ServeMux { return s.mux }
+
+// newHTTPServer applies the server: limits to HTTP: a request's headers
+// must arrive within io_timeout and fit a few fields' worth (nginx's
+// auth_http request is one small header block), the whole request and the
+// answer within request_timeout plus io_timeout, and an idle keep-alive
+// connection is closed after io_timeout. nginx sends HTTP/1.0 and closes
+// after the answer; other clients may keep HTTP/1.1 connections alive.
+func newHTTPServer(h http.Handler, cfg config.Server, d *Daemon) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.IOTimeout,
+		ReadTimeout:       cfg.IOTimeout,
+		WriteTimeout:      cfg.RequestTimeout + cfg.IOTimeout,
+		IdleTimeout:       cfg.IOTimeout,
+		MaxHeaderBytes:    maxHTTPHeader(cfg.MaxFieldSize),
+		ErrorLog:          slogErrorLog(d),
+	}
+}
+
+// maxHTTPHeader bounds a request's header block: the login and the
+// password escaped (at most three bytes each) plus nginx's other headers.
+// net/http adds 4 KiB of slack of its own.
+func maxHTTPHeader(field int) int { return 2*3*field + 4096 }
+
+// limitListener caps the connections open at once (server.max_connections):
+// Accept waits for a free slot, so further connections wait in the kernel
+// backlog as they do on the saslauthd sockets.
+func limitListener(l net.Listener, n int) net.Listener {
+	if n <= 0 {
+		n = 256
+	}
+	return &capListener{Listener: l, sem: make(chan struct{}, n), done: make(chan struct{})}
+}
+
+type capListener struct {
+	net.Listener
+	sem       chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &capConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+func (l *capListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+type capConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *capConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 func (s *Servers) run(d *Daemon, l net.Listener, protocol string, serve func(net.Listener) error, closed error) {
@@ -140,6 +278,18 @@ func (s *Servers) Shutdown(ctx context.Context) error {
 	if s.control != nil {
 		err = errors.Join(err, s.control.Shutdown(ctx))
 	}
+	if s.http != nil {
+		if herr := s.http.Shutdown(ctx); herr != nil {
+			s.http.Close()
+			err = errors.Join(err, herr)
+		}
+	}
 	s.wg.Wait()
 	return err
+}
+
+// slogErrorLog routes net/http's own complaints (a client that sent
+// garbage, a handler panic) to the daemon's log at warning level.
+func slogErrorLog(d *Daemon) *log.Logger {
+	return slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)
 }

@@ -122,6 +122,7 @@ type settings struct {
 	LDAPTimeout  string   // default 1s
 	RequestLimit string   // server.request_timeout, default 4s
 	LogLevel     string   // default info
+	ListenExtra  string   // appended verbatim inside listen: (e.g. "  http: [...]\n")
 	Extra        string   // appended verbatim
 }
 
@@ -150,6 +151,7 @@ func writeConfig(t *testing.T, dir string, s settings) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen:\n  saslauthd:\n    - {path: %q, mode: \"0666\"}\n  control: {path: \"\"}\n", s.Socket)
+	b.WriteString(s.ListenExtra)
 	fmt.Fprintf(&b, "server:\n  request_timeout: %s\n  io_timeout: 2s\n", s.RequestLimit)
 	if s.LDAPURL != "" {
 		fmt.Fprintf(&b, "ldap:\n  urls: [%q]\n  bind_dn: %q\n  bind_password_file: %q\n  base: %q\n  filter: %q\n  timeout: %s\n",

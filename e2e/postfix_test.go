@@ -43,16 +43,17 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 // startPostfix runs a private Postfix instance whose smtpd offers SMTP AUTH
 // through libsasl2 with pwcheck_method saslauthd pointed at socket. It
-// returns the SMTP address; the instance is stopped in t.Cleanup.
-func startPostfix(t *testing.T, socket string) string {
+// returns the SMTP address; the instance is stopped in t.Cleanup. Lines in
+// extraMain are appended to main.cf.
+func startPostfix(t *testing.T, socket string, extraMain ...string) string {
 	t.Helper()
-	addr, _ := startPostfixConf(t, socket)
+	addr, _ := startPostfixConf(t, socket, extraMain...)
 	return addr
 }
 
 // startPostfixConf is startPostfix that also returns the instance's
 // config_directory (for postconf -c).
-func startPostfixConf(t *testing.T, socket string) (addr, configDir string) {
+func startPostfixConf(t *testing.T, socket string, extraMain ...string) (addr, configDir string) {
 	t.Helper()
 	postfix := needBinary(t, "/usr/sbin/postfix")
 	if os.Geteuid() != 0 {
@@ -96,7 +97,7 @@ maillog_file_prefixes = %[4]s
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 alias_maps =
 alias_database =
-`, queue, data, filepath.Join(dir, "maillog"), dir)
+`, queue, data, filepath.Join(dir, "maillog"), dir) + strings.Join(extraMain, "\n") + "\n"
 	masterCF := fmt.Sprintf("127.0.0.1:%d inet n - n - - smtpd\n", port) + masterServices
 	// Debian's libsasl2 reads <config_directory>/sasl/<smtpd_sasl_path>.conf.
 	saslConf := fmt.Sprintf("pwcheck_method: saslauthd\nsaslauthd_path: %s\nmech_list: PLAIN LOGIN\n", socket)

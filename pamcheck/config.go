@@ -29,7 +29,6 @@ type Config struct {
 	Rules      []Rule   `yaml:"rules"`
 }
 
-
 // Rule states what a service must look like, so a system without a snapshot
 // (a fresh install) can still be checked.
 type Rule struct {

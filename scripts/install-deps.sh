@@ -6,7 +6,8 @@ pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
       libpam0g-dev libpam-modules openssl ca-certificates systemd
       389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime
       dovecot-auth-lua lua-socket debootstrap redis-server fail2ban
-      cyrus-common dpkg-dev debhelper lintian go-md2man git)
+      cyrus-common dpkg-dev debhelper lintian go-md2man git
+      nginx libnginx-mod-mail dovecot-imapd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,6 +41,6 @@ $SUDO apt-get "${lock[@]}" update -qq
 $SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system daemons we do not use; tests start their own copies.
 unpack_cyrus
-for s in slapd saslauthd postfix dovecot cyrus-imapd dirsrv.target samba-ad-dc smbd nmbd winbind redis-server fail2ban; do
+for s in slapd saslauthd postfix dovecot cyrus-imapd dirsrv.target samba-ad-dc smbd nmbd winbind redis-server fail2ban nginx; do
   $SUDO systemctl stop "$s" 2>/dev/null || $SUDO service "$s" stop 2>/dev/null || true
 done

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/mailauthd/mailauthd/authhttp"
 )
 
 // Result is one measured cell, one JSON line in the results file.
@@ -90,9 +92,9 @@ type doer interface {
 
 func runLoad(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	mode := fs.String("mode", "saslauthd", "saslauthd | bind | searchbind")
+	mode := fs.String("mode", "saslauthd", "saslauthd | http | bind | searchbind")
 	label := fs.String("label", "", "row label in the results table")
-	socket := fs.String("socket", "", "saslauthd: socket path")
+	socket := fs.String("socket", "", "saslauthd, http: socket path")
 	url := fs.String("url", "", "bind, searchbind: ldap:// URL")
 	base := fs.String("base", "ou=people,dc=example,dc=org", "bind: users are uid=userN,BASE; searchbind: search base")
 	bindDN := fs.String("binddn", "", "searchbind: service account DN (empty: anonymous)")
@@ -132,6 +134,12 @@ func runLoad(args []string) error {
 		// hits at c=32: p50 0.13 ms, p99 19-21 ms with GOMAXPROCS=2;
 		// p50 0.8 ms, p99 3.2-3.4 ms with one P per client).
 		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), *conc+1))
+	case "http":
+		if *socket == "" {
+			return errors.New("run: -socket required")
+		}
+		newDoer = func() (doer, error) { return &httpDoer{path: *socket, protocol: *service, timeout: *timeout}, nil }
+		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), *conc+1)) // as for saslauthd
 	case "bind":
 		newDoer = func() (doer, error) { return newBindDoer(*url, *base, *timeout) }
 	case "searchbind":
@@ -398,6 +406,107 @@ func (s *saslDoer) do(user, pw string) (bool, error) {
 }
 
 func (s *saslDoer) close() {}
+
+// httpDoer asks mailauthd's auth_http as nginx's mail module does
+// (ngx_mail_auth_http_create_request): a new connection per login, one
+// HTTP/1.0 GET with the credentials in headers (escaped as nginx escapes
+// them), no keep-alive; the answer is read to EOF and its Auth-Status
+// checked. Blocking system calls, like saslDoer.
+type httpDoer struct {
+	path, protocol string
+	timeout        time.Duration
+	buf            []byte
+	reply          [2048]byte
+}
+
+func (h *httpDoer) do(user, pw string) (bool, error) {
+	fd, err := dialUnix(h.path, h.timeout)
+	if err != nil {
+		return false, err
+	}
+	defer syscall.Close(fd)
+	b := append(h.buf[:0], "GET /auth HTTP/1.0\r\nHost: localhost\r\nAuth-Method: plain\r\nAuth-User: "...)
+	b = append(b, authhttp.Escape(user)...)
+	b = append(b, "\r\nAuth-Pass: "...)
+	b = append(b, authhttp.Escape(pw)...)
+	b = append(b, "\r\nAuth-Protocol: "...)
+	b = append(b, h.protocol...)
+	b = append(b, "\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\n\r\n"...)
+	h.buf = b
+	if err := writeAll(fd, b); err != nil {
+		return false, err
+	}
+	got := 0
+	for {
+		if got == len(h.reply) {
+			return false, fmt.Errorf("reply over %d bytes", len(h.reply))
+		}
+		n, err := syscall.Read(fd, h.reply[got:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("read reply: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+		got += n
+	}
+	reply := string(h.reply[:got])
+	head, _, _ := strings.Cut(reply, "\r\n\r\n")
+	for _, l := range strings.Split(head, "\r\n") {
+		if v, ok := strings.CutPrefix(l, "Auth-Status: "); ok {
+			switch v {
+			case "OK":
+				return true, nil
+			case authhttp.TextRefused:
+				return false, nil
+			}
+			return false, fmt.Errorf("Auth-Status %q", v)
+		}
+	}
+	return false, fmt.Errorf("no Auth-Status in %q", head)
+}
+
+func (h *httpDoer) close() {}
+
+// dialUnix connects a blocking Unix stream socket with send and receive
+// timeouts.
+func dialUnix(path string, timeout time.Duration) (int, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	tv := syscall.NsecToTimeval(timeout.Nanoseconds())
+	if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_SNDTIMEO, &tv); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	if err := syscall.Connect(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("connect: %w", err)
+	}
+	return fd, nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		b = b[n:]
+	}
+	return nil
+}
 
 func dialLDAP(url string, timeout time.Duration) (*ldap.Conn, error) {
 	c, err := ldap.DialURL(url, ldap.DialWithDialer(&net.Dialer{Timeout: timeout}))

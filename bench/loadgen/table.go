@@ -19,6 +19,10 @@ const (
 	labelMine       = "mailauthd"
 	labelMineCache  = "mailauthd-cache"
 	labelMineMirror = "mailauthd-mirror" // ldap.mirror_refresh: one bind per login
+	// nginx's auth_http through the same daemons as labelMine and
+	// labelMineCache: one HTTP/1.0 request per connection, as nginx sends.
+	labelHTTP      = "auth_http"
+	labelHTTPCache = "auth_http-cache"
 )
 
 // Targets from issue 5.
@@ -60,7 +64,7 @@ func runTable(args []string) error {
 
 // rowOrder groups the table: the LDAP ceilings, then each daemon without
 // and with its cache.
-var rowOrder = []string{"ldap-bind", "ldap-search+bind", labelCyrus, labelMine, labelMineMirror, labelCyrusCache, labelMineCache}
+var rowOrder = []string{"ldap-bind", "ldap-search+bind", labelCyrus, labelMine, labelHTTP, labelMineMirror, labelCyrusCache, labelMineCache, labelHTTPCache}
 
 func printTable(w io.Writer, all []Result) {
 	var results []Result
@@ -150,6 +154,20 @@ func printTable(w io.Writer, all []Result) {
 			target = fmt.Sprintf("   target >= %.0fx: %s", targetCacheRPS, verdict(ratio >= targetCacheRPS && mine.Errors == 0))
 		}
 		fmt.Fprintf(w, "  with cache c=%-2d req/s %5.2fx%s\n", c, ratio, target)
+	}
+	fmt.Fprintln(w, "\nnginx auth_http / saslauthd socket, same daemon, same run:")
+	for _, row := range []struct{ http, sasl, name string }{{labelHTTP, labelMine, "no cache  "}, {labelHTTPCache, labelMineCache, "with cache"}} {
+		for _, c := range []int{1, 8, 32} {
+			h, s := find(row.http, c), find(row.sasl, c)
+			if h == nil || s == nil || s.RPS == 0 || s.P99ms == 0 {
+				continue
+			}
+			cpu := ""
+			if h.DaemonCPUus > 0 && s.DaemonCPUus > 0 {
+				cpu = fmt.Sprintf("   daemon CPU per request %5.2fx", h.DaemonCPUus/s.DaemonCPUus)
+			}
+			fmt.Fprintf(w, "  %s c=%-2d req/s %5.2fx   p99 %5.2fx%s\n", row.name, c, h.RPS/s.RPS, h.P99ms/s.P99ms, cpu)
+		}
 	}
 	var memRows []Result
 	for _, r := range all {

@@ -77,7 +77,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("setting not honoured", "detail", w)
 	}
-	d, err := daemon.New(cfg, daemon.Options{Logger: log, OneShot: *checkOnly})
+	d, err := daemon.New(cfg, daemon.Options{Logger: log, OneShot: *checkOnly, Check: *checkOnly})
 	if err != nil {
 		fmt.Fprintf(stderr, "mailauthd: configuration: %v\n", err)
 		return 1

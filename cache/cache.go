@@ -64,8 +64,8 @@ type Cache struct {
 	key    [32]byte
 }
 
-// stats are cumulative counters since New.
-type stats struct {
+// Stats are cumulative counters since New.
+type Stats struct {
 	Hits, Misses, Coalesced, Evictions uint64
 	Entries                            int
 }
@@ -244,9 +244,9 @@ func (c *Cache) Len() int {
 	return n
 }
 
-// stats returns the counters.
-func (c *Cache) stats() stats {
-	var st stats
+// Stats returns the counters (for metrics).
+func (c *Cache) Stats() Stats {
+	var st Stats
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()

@@ -297,7 +297,7 @@ func TestSizeBoundAcrossShards(t *testing.T) {
 	if n := c.Len(); n != size {
 		t.Fatalf("Len = %d, want %d", n, size)
 	}
-	if st := c.stats(); st.Evictions != uint64(3*size-st.Entries) {
+	if st := c.Stats(); st.Evictions != uint64(3*size-st.Entries) {
 		t.Fatalf("stats %+v do not add up", st)
 	}
 }
@@ -326,7 +326,7 @@ func TestCoalescing(t *testing.T) {
 	// leader: exactly two leaders (one per password).
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		st := c.stats()
+		st := c.Stats()
 		if d.calls.Load() == 2 && st.Coalesced == 2*n-2 {
 			break
 		}
@@ -518,7 +518,7 @@ func TestConcurrent(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 		c.Flush()
 		_ = c.Len()
-		_ = c.stats()
+		_ = c.Stats()
 	}
 	close(stop)
 	wg.Wait()

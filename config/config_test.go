@@ -110,7 +110,16 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestSaslauthdConf(t *testing.T) {
-	f, err := Load("", "../testdata/config/saslauthd.conf")
+	// As an admin keeps it: readable by root alone (git checks files out 0644).
+	data, err := os.ReadFile("../testdata/config/saslauthd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "saslauthd.conf")
+	if err := os.WriteFile(conf, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Load("", conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,5 +268,24 @@ func TestFind(t *testing.T) {
 	}
 	if _, err := Find(missing, true, ""); err == nil {
 		t.Fatal("explicit missing file accepted")
+	}
+}
+
+// TestWorldReadableSecrets: a saslauthd.conf holding ldap_bind_pw that
+// every user can read is named at startup, with the fix.
+func TestWorldReadableSecrets(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "saslauthd.conf")
+	os.WriteFile(conf, []byte("ldap_servers: ldap://127.0.0.1/\nldap_bind_dn: cn=x,dc=example,dc=org\nldap_bind_pw: s3cret\nldap_search_base: dc=example,dc=org\n"), 0o644)
+	f, err := Load("", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := strings.Join(f.Warnings, "\n"); !strings.Contains(w, "mode 0644") || !strings.Contains(w, "chmod o-rwx") || strings.Contains(w, "s3cret") {
+		t.Errorf("warnings %q", f.Warnings)
+	}
+	os.Chmod(conf, 0o600)
+	if f, _ = Load("", conf); len(f.Warnings) != 0 {
+		t.Errorf("a 0600 file warned: %q", f.Warnings)
 	}
 }

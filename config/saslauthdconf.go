@@ -2,12 +2,15 @@ package config
 
 import (
 	"bufio"
+
 	"bytes"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mailauthd/mailauthd/auth"
 )
 
 // ParseSaslauthdConf reads the LDAP settings of a Cyrus saslauthd.conf
@@ -174,6 +177,11 @@ func (f *File) LoadSaslauthdConf(path string) error {
 	f.LDAP = l
 	for _, w := range warnings {
 		f.Warnings = append(f.Warnings, path+": "+w)
+	}
+	if l.Directory.BindPassword != "" {
+		if p := auth.SecretFileProblem(path); p != "" {
+			f.Warnings = append(f.Warnings, "ldap_bind_pw: "+p)
+		}
 	}
 	return nil
 }

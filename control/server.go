@@ -216,6 +216,7 @@ func (s *Server) serveConn(c net.Conn) {
 		}
 		reply, err = appendVerdict(nil, outcome, auth.Verdict{Reason: reason})
 	default:
+		start := time.Now()
 		var v auth.Verdict
 		if r.Op == OpAuth {
 			v = s.Backend.Authenticate(ctx, r.Req)
@@ -223,6 +224,7 @@ func (s *Server) serveConn(c net.Conn) {
 			r.Req.Password = ""
 			v = s.Backend.Lookup(ctx, r.Req)
 		}
+		s.logDecision(r, v, time.Since(start))
 		reply, err = appendVerdict(nil, v.Outcome.String(), v)
 		if err != nil {
 			s.logger().Warn("control: verdict too large; answering tempfail", "user", r.Req.User, "err", err)
@@ -266,4 +268,24 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
+}
+
+// logDecision writes one line per decision, as every front door does: the
+// helpers behind this socket (Dovecot's Lua script, pam) log nowhere the
+// admin reads with the daemon's lines, and fail2ban reads these.
+func (s *Server) logDecision(r request, v auth.Verdict, took time.Duration) {
+	level := slog.LevelInfo
+	if v.Outcome == auth.TempFail {
+		level = slog.LevelWarn
+	}
+	s.logger().LogAttrs(context.Background(), level, "control: decision",
+		slog.String("user", r.Req.User),
+		slog.String("realm", r.Req.Realm),
+		slog.String("service", r.Req.Service),
+		slog.String("client", r.Req.ClientAddr),
+		slog.String("outcome", v.Outcome.String()),
+		slog.String("cause", v.Cause.String()),
+		slog.String("reason", v.Reason),
+		slog.String("op", r.Op),
+		slog.Duration("duration", took))
 }

@@ -26,6 +26,10 @@ func (a AuthHTTP) Policy() *authhttp.Policy { return a.d.cur.Load().authHTTP }
 
 // Authenticate decides req and routes an Accept.
 func (a AuthHTTP) Authenticate(ctx context.Context, req auth.Request) auth.Verdict {
+	return a.d.door("http", ctx, req, func() auth.Verdict { return a.route(ctx, req) })
+}
+
+func (a AuthHTTP) route(ctx context.Context, req auth.Request) auth.Verdict {
 	g := a.d.cur.Load()
 	v := g.front.Authenticate(ctx, req)
 	if v.Outcome != auth.Accept {

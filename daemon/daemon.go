@@ -57,8 +57,10 @@ type Daemon struct {
 	cur  atomic.Pointer[generation]
 	// throttle outlives reloads: an attacker gets no fresh budget from a
 	// SIGHUP. It is rebuilt (its state lost) only when throttle: changes.
-	throttle    *throttle.Throttle
-	throttleCfg throttle.Config
+	throttle    atomic.Pointer[throttle.Throttle]
+	throttleCfg throttle.Config // guarded by mu once serving
+	metrics     *metrics        // nil for a one-shot decision
+	health      healthCache
 
 	mu      sync.Mutex // orders Reload and Close
 	closed  bool
@@ -92,6 +94,9 @@ func New(cfg *config.File, opts Options) (*Daemon, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Daemon{opts: opts, log: log}
+	if !opts.OneShot {
+		d.metrics = newMetrics(d)
+	}
 	g, err := d.build(cfg)
 	if err != nil {
 		return nil, err
@@ -110,19 +115,22 @@ func (d *Daemon) prepareThrottle(cfg *config.File) (th *throttle.Throttle, insta
 	if d.opts.OneShot || !cfg.Throttle.Enabled {
 		return nil, nothing, nothing, nil
 	}
-	if d.throttle != nil && reflect.DeepEqual(cfg.Throttle, d.throttleCfg) {
-		return d.throttle, nothing, nothing, nil
+	if cur := d.throttle.Load(); cur != nil && reflect.DeepEqual(cfg.Throttle, d.throttleCfg) {
+		return cur, nothing, nothing, nil
 	}
 	th, err = throttle.New(cfg.Throttle, d.log)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	install = func() {
-		if d.throttle != nil {
+		if old := d.throttle.Swap(th); old != nil {
 			d.log.Info("throttle settings changed: its state starts afresh")
-			d.throttle.Close()
+			if d.metrics != nil {
+				d.metrics.retireThrottle(old)
+			}
+			old.Close()
 		}
-		d.throttle, d.throttleCfg = th, cfg.Throttle
+		d.throttleCfg = cfg.Throttle
 	}
 	return th, install, func() { th.Close() }, nil
 }
@@ -141,7 +149,11 @@ func (d *Daemon) build(cfg *config.File) (*generation, error) {
 			drop()
 		}
 	}()
-	dir, err := directory.New(cfg.LDAP.Directory, d.log)
+	var dopts []directory.Option
+	if d.metrics != nil {
+		dopts = append(dopts, directory.WithObserver(d.metrics.observeLDAP))
+	}
+	dir, err := directory.New(cfg.LDAP.Directory, d.log, dopts...)
 	if err != nil {
 		return nil, err
 	}
@@ -247,27 +259,51 @@ func (d *Daemon) Flush() bool {
 	return true
 }
 
-// Reload builds cfg and, when that succeeds, swaps it in; on error the
-// running configuration stays. The previous one is retired at once and
-// closed after grace (the longest a request started on it may still run).
-func (d *Daemon) Reload(cfg *config.File, grace time.Duration) error {
+// Reload reads the configuration with load, builds it and, when both
+// succeed, swaps it in; on error the running configuration stays. The
+// previous one is retired at once and closed after grace (the longest a
+// request started on it may still run). Reloads are counted in metrics.
+func (d *Daemon) Reload(load func() (*config.File, error), grace time.Duration) (*config.File, error) {
+	cfg, err := d.reload(load, grace)
+	if d.metrics != nil {
+		if err != nil {
+			d.metrics.reloads.WithLabelValues("failure").Inc()
+		} else {
+			d.metrics.reloads.WithLabelValues("success").Inc()
+			d.metrics.lastOK.SetToCurrentTime()
+		}
+	}
+	return cfg, err
+}
+
+func (d *Daemon) reload(load func() (*config.File, error), grace time.Duration) (*config.File, error) {
+	cfg, err := load()
+	if err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return directory.ErrClosed
+		return nil, directory.ErrClosed
 	}
 	g, err := d.build(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	old := d.cur.Swap(g)
 	d.retire(old, grace)
-	return nil
+	return cfg, nil
 }
+
+// currentThrottle is the throttle in effect (nil when off).
+func (d *Daemon) currentThrottle() *throttle.Throttle { return d.throttle.Load() }
 
 // retire stops old's idle connections now and closes it after grace.
 // Called with d.mu held.
 func (d *Daemon) retire(old *generation, grace time.Duration) {
+	if d.metrics != nil {
+		d.metrics.retire(old)
+	}
 	old.dir.Retire()
 	if old.mirror != nil {
 		old.mirror.Close() // its lookups now miss: old requests search instead
@@ -296,8 +332,8 @@ func (d *Daemon) Close() {
 	}
 	d.closed = true
 	d.cur.Load().close()
-	if d.throttle != nil {
-		d.throttle.Close()
+	if th := d.throttle.Load(); th != nil {
+		th.Close()
 	}
 	for g, t := range d.retired {
 		t.Stop()

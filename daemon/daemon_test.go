@@ -61,7 +61,7 @@ func TestReload(t *testing.T) {
 
 	next := slapdConfig(nowhere)
 	next.Access.ServiceAttribute = "authorizedService"
-	if err := d.Reload(next, time.Hour); err != nil {
+	if err := reloadWith(d, next, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	if d.Config() != next || d.cur.Load() == first {
@@ -75,7 +75,7 @@ func TestReload(t *testing.T) {
 	// A configuration that cannot be built leaves the running one.
 	bad := slapdConfig(nowhere)
 	bad.LDAP.Search.Base = "not a dn"
-	if err := d.Reload(bad, time.Hour); err == nil {
+	if err := reloadWith(d, bad, time.Hour); err == nil {
 		t.Fatal("a bad configuration was accepted")
 	}
 	if d.Config() != next {
@@ -84,7 +84,7 @@ func TestReload(t *testing.T) {
 
 	// A short grace closes the retired configuration by itself.
 	second := d.cur.Load()
-	if err := d.Reload(slapdConfig(nowhere), 10*time.Millisecond); err != nil {
+	if err := reloadWith(d, slapdConfig(nowhere), 10*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
@@ -107,7 +107,7 @@ func TestReload(t *testing.T) {
 	if len(d.retired) != 0 {
 		t.Error("Close left retired configurations open")
 	}
-	if err := d.Reload(slapdConfig(nowhere), time.Hour); !errors.Is(err, directory.ErrClosed) {
+	if err := reloadWith(d, slapdConfig(nowhere), time.Hour); !errors.Is(err, directory.ErrClosed) {
 		t.Errorf("reload after close: %v", err)
 	}
 }
@@ -173,4 +173,10 @@ func TestWithFields(t *testing.T) {
 	if v := d.WithFields().Authenticate(context.Background(), req); v.Outcome != auth.TempFail || v.Cause != auth.CauseInternal {
 		t.Errorf("NUL in a mapped value: %+v", v)
 	}
+}
+
+// reloadWith reloads d with a configuration built in the test.
+func reloadWith(d *Daemon, cfg *config.File, grace time.Duration) error {
+	_, err := d.Reload(func() (*config.File, error) { return cfg, nil }, grace)
+	return err
 }

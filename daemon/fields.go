@@ -17,14 +17,18 @@ func (d *Daemon) WithFields() WithFields { return WithFields{d} }
 
 // Authenticate is Daemon.Authenticate with the fields of an Accept.
 func (w WithFields) Authenticate(ctx context.Context, req auth.Request) auth.Verdict {
-	g := w.d.cur.Load()
-	return g.mapFields(req, g.front.Authenticate(ctx, req))
+	return w.d.door("control", ctx, req, func() auth.Verdict {
+		g := w.d.cur.Load()
+		return g.mapFields(req, g.front.Authenticate(ctx, req))
+	})
 }
 
 // Lookup is Daemon.Lookup with the fields of an Accept.
 func (w WithFields) Lookup(ctx context.Context, req auth.Request) auth.Verdict {
-	g := w.d.cur.Load()
-	return g.mapFields(req, g.ldap.Lookup(ctx, req))
+	return w.d.door("control-lookup", ctx, req, func() auth.Verdict {
+		g := w.d.cur.Load()
+		return g.mapFields(req, g.ldap.Lookup(ctx, req))
+	})
 }
 
 // Flush empties the daemon's cache; false when none is configured.

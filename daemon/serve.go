@@ -130,7 +130,7 @@ func (d *Daemon) Serve(ls Listeners) *Servers {
 	cfg := d.Config().Server
 	s := &Servers{errc: make(chan error, len(ls.Saslauthd)+len(ls.HTTP)+1)}
 	s.sasl = &saslauthd.Server{
-		Authenticator:     d,
+		Authenticator:     d.Door("saslauthd"),
 		Logger:            d.log,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.IOTimeout,
@@ -179,6 +179,10 @@ func (d *Daemon) httpMux() *http.ServeMux {
 			MaxFieldSize:   cfg.MaxFieldSize,
 		})
 	}
+	if h := d.MetricsHandler(); h != nil {
+		mux.Handle("GET /metrics", h)
+	}
+	mux.HandleFunc("GET /healthz", d.serveHealth)
 	return mux
 }
 

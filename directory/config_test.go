@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,5 +78,23 @@ func TestDefaults(t *testing.T) {
 	defer d.Close()
 	if d.cfg.Timeout != DefaultTimeout || d.cfg.PoolSize != DefaultPoolSize || d.cfg.MaxConns != 4*DefaultPoolSize || d.cfg.Client != ClientWire {
 		t.Errorf("defaults not applied: %+v", d.cfg)
+	}
+}
+
+// TestWorldReadablePasswordFile: a bind password file every user can read
+// is named at startup.
+func TestWorldReadablePasswordFile(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o644)
+	var logs strings.Builder
+	c := DefaultConfig()
+	c.URLs, c.BindDN, c.BindPasswordFile = []string{"ldap://127.0.0.1:1"}, "cn=svc,dc=example,dc=org", pw
+	d, err := New(c, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if !strings.Contains(logs.String(), "mode 0644") || strings.Contains(logs.String(), "secret\n") {
+		t.Errorf("log: %s", logs.String())
 	}
 }

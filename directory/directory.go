@@ -92,8 +92,20 @@ func IsCertificate(err error) bool {
 	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
 }
 
+// Observer sees the outcome of every bind and search (for metrics): the
+// operation ("bind", "search"), the server that answered or failed ("" if
+// none was reached), how long it took and its error.
+type Observer func(op, server string, took time.Duration, err error)
+
+// Option configures a Directory.
+type Option func(*Directory)
+
+// WithObserver reports every operation to o.
+func WithObserver(o Observer) Option { return func(d *Directory) { d.observe = o } }
+
 // Directory is safe for concurrent use.
 type Directory struct {
+	observe      Observer
 	cfg          Config
 	log          *slog.Logger
 	servers      []*server
@@ -105,11 +117,14 @@ type Directory struct {
 // New checks cfg and reads the bind password file. It does not contact
 // LDAP: the daemon starts while LDAP is down and answers TempFail until it
 // is back.
-func New(cfg Config, log *slog.Logger) (*Directory, error) {
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Directory, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Directory{log: log}
+	for _, o := range opts {
+		o(d)
+	}
 	if err := d.configure(&cfg); err != nil {
 		return nil, err
 	}
@@ -280,11 +295,15 @@ func (d *Directory) Search(ctx context.Context, r *SearchRequest) (res *ldap.Sea
 	}
 	sr := searchRequest{base: r.Base, scope: r.Scope, sizeLimit: r.SizeLimit, timeLimit: d.timeLimit(),
 		filter: f.Bytes(), filterText: r.Filter, attrs: r.Attributes}
+	start := time.Now()
 	srv, err := d.do(ctx, d.search, func(c *conn) error {
 		var err error
 		res, err = c.cl.search(&sr)
 		return err
 	})
+	if d.observe != nil {
+		d.observe("search", srv, time.Since(start), err)
+	}
 	return res, srv, err
 }
 
@@ -301,7 +320,11 @@ func (d *Directory) Bind(ctx context.Context, dn, password string) (BindResult, 
 	if password == "" {
 		return BindResult{}, ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
 	}
+	start := time.Now()
 	srv, err := d.do(ctx, d.bind, func(c *conn) error { return c.cl.bind(dn, password) })
+	if d.observe != nil {
+		d.observe("bind", srv, time.Since(start), err)
+	}
 	return BindResult{Server: srv}, err
 }
 
@@ -346,4 +369,45 @@ func (d *Directory) Retire() {
 	d.retired.Store(true)
 	d.search.drain()
 	d.bind.drain()
+}
+
+// PoolStats is one role's pool now: connections in use and idle, and how
+// many operations had to wait for a free one since New.
+type PoolStats struct {
+	InUse, Idle int
+	Waits       uint64
+}
+
+// Stats reports the search and bind pools.
+func (d *Directory) Stats() (search, bind PoolStats) {
+	return d.search.stats(), d.bind.stats()
+}
+
+// Ping reads the root DSE from each server, on a connection of its own
+// (dialled as a login's would be, service bind included), so a health
+// check sees every server, not only the one the pool happens to use. A
+// server that answers with any LDAP result is up.
+func (d *Directory) Ping(ctx context.Context) map[string]error {
+	out := make(map[string]error, len(d.servers))
+	// A filter no entry matches: the answer is a bare SearchResultDone
+	// (the root DSE's empty DN is never a user entry to the wire client).
+	req := searchRequest{scope: ldap.ScopeBaseObject, sizeLimit: 1, timeLimit: d.timeLimit(),
+		filterText: "(!(objectClass=*))", attrs: []string{"1.1"}}
+	f, _ := ldap.CompileFilter(req.filterText)
+	req.filter = f.Bytes()
+	for _, s := range d.servers {
+		c, err := d.dialServer(ctx, s, roleSearch, d.cfg.Client)
+		if err == nil {
+			_, err = d.run(ctx, c, func(c *conn) error {
+				_, err := c.cl.search(&req)
+				if err != nil && !IsConnection(err) {
+					err = nil // an LDAP answer: the server is up
+				}
+				return err
+			})
+			c.cl.close()
+		}
+		out[s.url] = timeoutErr(ctx, err)
+	}
+	return out
 }

@@ -78,6 +78,11 @@ type pool struct {
 	role  role
 	idle  chan *conn
 	slots chan struct{}
+	waits atomic.Uint64 // gets that found every slot taken
+}
+
+func (p *pool) stats() PoolStats {
+	return PoolStats{InUse: len(p.slots), Idle: len(p.idle), Waits: p.waits.Load()}
 }
 
 func newPool(d *Directory, r role) *pool {
@@ -90,6 +95,7 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 	select {
 	case p.slots <- struct{}{}:
 	default:
+		p.waits.Add(1)
 		t := time.NewTimer(p.d.cfg.Timeout)
 		select {
 		case p.slots <- struct{}{}:

@@ -87,15 +87,20 @@ func TestReload(t *testing.T) {
 			}
 		}(i)
 	}
-	time.Sleep(300 * time.Millisecond)
-	mu.Lock()
-	beforeReload := len(answers)
-	mu.Unlock()
+	// Enough answers on each side of the reload, however slow the machine.
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(answers) }
+	waitCount := func(n int) {
+		for count() < n && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitCount(8)
+	beforeReload := count()
 
 	writeConfig(t, dir, settings{Socket: sock, LDAPURL: slapd.URL(), Hostnames: []string{"other.example.org"}})
 	d.signal(syscall.SIGHUP)
 	d.waitLog(`msg="configuration reloaded"`, 10*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	waitCount(count() + 8)
 	close(stop)
 	wg.Wait()
 

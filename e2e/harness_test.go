@@ -122,6 +122,7 @@ type settings struct {
 	LDAPTimeout  string   // default 1s
 	RequestLimit string   // server.request_timeout, default 4s
 	LogLevel     string   // default info
+	LogFormat    string   // default text
 	ListenExtra  string   // appended verbatim inside listen: (e.g. "  http: [...]\n")
 	Extra        string   // appended verbatim
 }
@@ -158,7 +159,10 @@ func writeConfig(t *testing.T, dir string, s settings) string {
 			s.LDAPURL, slapdtest.ServiceDN, pwFile, slapdtest.PeopleDN, s.Filter, s.LDAPTimeout)
 	}
 	fmt.Fprintf(&b, "access:\n  hostnames: [%s]\n  realms: [%s]\n", strings.Join(s.Hostnames, ", "), strings.Join(s.Realms, ", "))
-	fmt.Fprintf(&b, "log:\n  format: text\n  level: %s\n", s.LogLevel)
+	if s.LogFormat == "" {
+		s.LogFormat = "text"
+	}
+	fmt.Fprintf(&b, "log:\n  format: %s\n  level: %s\n", s.LogFormat, s.LogLevel)
 	b.WriteString(s.Extra)
 	path := filepath.Join(dir, "mailauthd.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
@@ -221,7 +225,7 @@ func startDaemon(t *testing.T, socket string, args ...string) *daemon {
 			t.Logf("mailauthd log:\n%s", d.stderr.String())
 		}
 	})
-	d.waitLog(`msg="mailauthd started"`, 10*time.Second)
+	d.waitLog("mailauthd started", 10*time.Second) // text or JSON
 	return d
 }
 
@@ -283,7 +287,7 @@ func (d *daemon) signal(sig syscall.Signal) {
 func (d *daemon) decisionLines() []string {
 	var out []string
 	for _, l := range strings.Split(d.stderr.String(), "\n") {
-		if strings.Contains(l, `msg="saslauthd: decision"`) {
+		if strings.Contains(l, `msg="saslauthd: decision"`) || strings.Contains(l, `"msg":"saslauthd: decision"`) {
 			out = append(out, l)
 		}
 	}

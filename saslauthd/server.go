@@ -477,6 +477,7 @@ type decision struct {
 	req      auth.Request
 	ok       bool
 	outcome  string
+	cause    auth.Cause
 	reason   string
 	malform  error
 	panicked bool
@@ -596,7 +597,7 @@ func (r *conn) decide(req auth.Request) {
 	d := &r.d
 	d.panicked = panicked
 	d.ok = v.Outcome == auth.Accept
-	d.outcome, d.reason = v.Outcome.String(), v.Reason
+	d.outcome, d.cause, d.reason = v.Outcome.String(), v.Cause, v.Reason
 	if !d.ok && d.reason == "" {
 		d.reason = "authentication failed"
 	}
@@ -711,6 +712,7 @@ func (s *Server) logDecision(log *slog.Logger, addr string, d *decision, took ti
 		slog.String("service", d.req.Service),
 		slog.String("client", d.req.ClientAddr),
 		slog.String("outcome", d.outcome),
+		slog.String("cause", d.cause.String()),
 		slog.String("reason", d.reason),
 		slog.String("socket", addr),
 		slog.Duration("duration", took))

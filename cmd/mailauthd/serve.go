@@ -142,18 +142,14 @@ loop:
 // configuration stays. Socket settings need a restart: the sockets may sit
 // in a chroot the daemon can no longer reach after dropping privileges.
 func reload(d *daemon.Daemon, cf *configFlags, level *slog.LevelVar, log *slog.Logger) {
-	cfg, err := cf.load()
+	old := d.Config()
+	cfg, err := d.Reload(cf.load, old.Server.RequestTimeout+old.Server.IOTimeout)
 	if err != nil {
 		log.Error("reload refused, keeping the running configuration", "err", err)
 		return
 	}
 	for _, w := range cfg.Warnings {
 		log.Warn("setting not honoured", "detail", w)
-	}
-	old := d.Config()
-	if err := d.Reload(cfg, old.Server.RequestTimeout+old.Server.IOTimeout); err != nil {
-		log.Error("reload refused, keeping the running configuration", "err", err)
-		return
 	}
 	if fmt.Sprint(old.Listen) != fmt.Sprint(cfg.Listen) || old.Server != cfg.Server {
 		log.Warn("listen: and server: changes take effect at the next restart")

@@ -31,9 +31,9 @@ type metrics struct {
 	reloads  *prometheus.CounterVec   // result
 	lastOK   prometheus.Gauge
 
-	mu            sync.Mutex
-	retiredCache  cache.Stats
-	retiredWaits  [2]uint64 // search, bind
+	mu              sync.Mutex
+	retiredCache    cache.Stats
+	retiredWaits    [2]uint64 // search, bind
 	retiredThrottle throttle.Stats
 }
 

@@ -104,14 +104,14 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatalf("/metrics: %d", code)
 	}
 	for series, want := range map[string]float64{
-		`mailauthd_requests_total{cause="",door="saslauthd",outcome="accept",service="smtp"}`:                3,
+		`mailauthd_requests_total{cause="",door="saslauthd",outcome="accept",service="smtp"}`:               3,
 		`mailauthd_requests_total{cause="wrong_password",door="saslauthd",outcome="reject",service="imap"}`: 2,
 		`mailauthd_requests_total{cause="throttled",door="saslauthd",outcome="reject",service="imap"}`:      3,
 		`mailauthd_requests_total{cause="",door="control-lookup",outcome="accept",service="imap"}`:          1,
 		`mailauthd_cache_requests_total{result="hit"}`:                                                      2,
 		`mailauthd_throttle_refusals_total{scope="account"}`:                                                3,
 		`mailauthd_request_duration_seconds_count{door="saslauthd"}`:                                        8,
-		`mailauthd_ldap_operations_total{op="bind",result="ok",server="` + s.URL() + `"}`:                    1,
+		`mailauthd_ldap_operations_total{op="bind",result="ok",server="` + s.URL() + `"}`:                   1,
 		`mailauthd_ldap_operations_total{op="bind",result="49",server="` + s.URL() + `"}`:                   2,
 		`mailauthd_ldap_connections{role="search",state="idle"}`:                                            1,
 	} {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 )
 
 // Request is one authentication attempt as a front door received it.
@@ -115,6 +116,11 @@ type Verdict struct {
 	// Fields are the front door's extra fields, set by the daemon for the
 	// front doors that return them (control socket: Dovecot, PAM).
 	Fields []Field
+	// Delay asks the front door to wait this long before answering a
+	// failure (the throttle's growing delay). The door waits after its
+	// decision slot is free, so delayed guesses hold no capacity that
+	// other logins need.
+	Delay time.Duration
 }
 
 // UserUnknown reports a Reject because no such user exists (as opposed to a

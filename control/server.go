@@ -225,6 +225,15 @@ func (s *Server) serveConn(c net.Conn) {
 			v = s.Backend.Lookup(ctx, r.Req)
 		}
 		s.logDecision(r, v, time.Since(start))
+		if v.Outcome != auth.Accept && v.Delay > 0 {
+			// The throttle's delay, within the request's deadline.
+			t := time.NewTimer(v.Delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
 		reply, err = appendVerdict(nil, v.Outcome.String(), v)
 		if err != nil {
 			s.logger().Warn("control: verdict too large; answering tempfail", "user", r.Req.User, "err", err)

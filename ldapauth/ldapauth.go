@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-ldap/ldap/v3"
 	"github.com/mailauthd/mailauthd/auth"
@@ -47,7 +48,7 @@ type Mirror interface {
 type Throttle interface {
 	Before(ctx context.Context, req auth.Request) *auth.Verdict
 	BeforeBind(ctx context.Context, req auth.Request, dn string) *auth.Verdict
-	After(ctx context.Context, req auth.Request, v auth.Verdict)
+	After(ctx context.Context, req auth.Request, v auth.Verdict) time.Duration
 }
 
 // Options are the decision's optional parts.
@@ -130,7 +131,7 @@ func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex
 		v.DN = d.dn // the entry a refusal concerns, for the throttle and the control socket's log
 	}
 	if m == modeAuth && a.throttle != nil && v.Cause != auth.CauseInvalid {
-		a.throttle.After(ctx, req, v)
+		v.Delay = a.throttle.After(ctx, req, v)
 	}
 	if v.Cause == auth.CauseAmbiguous {
 		a.log.Warn("ldap: login matches several entries", "user", d.user, "detail", d.detail)

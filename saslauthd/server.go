@@ -84,6 +84,7 @@ type Server struct {
 	initOnce sync.Once
 	slots    chan struct{} // decision slots
 	pending  chan struct{} // places for connections being read
+	waiting  chan struct{} // failure answers held back by the throttle's delay
 	done     chan struct{} // closed when shutting down
 	aborted  chan struct{} // closed when Shutdown gives up
 	work     chan *conn    // idle workers wait here for a connection
@@ -113,6 +114,7 @@ func (s *Server) init() {
 		}
 		s.slots = make(chan struct{}, n)
 		s.pending = make(chan struct{}, p)
+		s.waiting = make(chan struct{}, p)
 		s.done = make(chan struct{})
 		s.aborted = make(chan struct{})
 		s.work = make(chan *conn)
@@ -601,7 +603,32 @@ func (r *conn) decide(req auth.Request) {
 	if !d.ok && d.reason == "" {
 		d.reason = "authentication failed"
 	}
+	if !d.ok && v.Delay > 0 {
+		r.wait(v.Delay)
+	}
 	s.reply(r, d)
+}
+
+// wait holds a failure's answer back for d (the throttle's delay) after
+// giving the decision slot back, so a guesser's delays cost no one else a
+// slot. At most MaxPending answers wait at once; past that, and on
+// shutdown, they go out at once.
+func (r *conn) wait(d time.Duration) {
+	s := r.s
+	<-s.slots
+	r.hasSlot = false
+	select {
+	case s.waiting <- struct{}{}:
+	default:
+		return
+	}
+	defer func() { <-s.waiting }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.done:
+	}
 }
 
 // callAuthenticator calls the Authenticator, turning a panic into a

@@ -292,3 +292,37 @@ func BenchmarkSlowloris(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
+
+// TestDelayedFailureFreesItsSlot: the throttle's delay holds the guesser's
+// answer back, not a decision slot: with one slot, a real login is
+// answered while the guess still waits.
+func TestDelayedFailureFreesItsSlot(t *testing.T) {
+	srv := &Server{MaxConns: 1, Logger: slog.New(slog.DiscardHandler),
+		Authenticator: auth.AuthenticatorFunc(func(_ context.Context, req auth.Request) auth.Verdict {
+			if req.User == "guesser" {
+				v := auth.Rejected(auth.CauseThrottled, "throttled")
+				v.Delay = 3 * time.Second
+				return v
+			}
+			return auth.Accepted("", nil)
+		})}
+	path, _ := startServer(t, srv)
+	guess := make(chan time.Time, 1)
+	go func() {
+		c := Client{Path: path, Timeout: 30 * time.Second}
+		c.Authenticate(context.Background(), auth.Request{User: "guesser", Password: "x"})
+		guess <- time.Now()
+	}()
+	time.Sleep(200 * time.Millisecond) // the guess is decided and waiting
+	c := Client{Path: path, Timeout: 30 * time.Second}
+	if ok, _, err := c.Authenticate(context.Background(), auth.Request{User: "alice", Password: "pw"}); !ok || err != nil {
+		t.Fatalf("real login: %v %v", ok, err)
+	}
+	answered := time.Now()
+	select {
+	case g := <-guess:
+		t.Fatalf("the guess was answered (%v) before the real login (%v): it held the slot", g, answered)
+	default:
+	}
+	<-guess
+}

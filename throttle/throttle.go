@@ -15,7 +15,8 @@
 //   - The same wrong password again (a phone with an old password) counts
 //     once and is answered from memory while it is fresh.
 //   - From the second failure on, each failure is answered after a delay
-//     that doubles up to MaxDelay.
+//     that doubles up to MaxDelay (After returns it; the front door waits,
+//     with its decision slot already free).
 //   - The real user keeps working: a password the directory accepted for
 //     that entry recently (KnownGood, kept as a keyed hash, never the
 //     password) passes a block and goes on to the directory.
@@ -118,7 +119,6 @@ type Throttle struct {
 	log   *slog.Logger
 	key   [32]byte // HMAC key for guesses and known-good marks
 	now   func() time.Time
-	sleep func(ctx context.Context, d time.Duration)
 
 	// Counters since New, for metrics.
 	refusedAccount, refusedClient, repeated, delayed atomic.Uint64
@@ -134,7 +134,7 @@ func New(cfg Config, log *slog.Logger) (*Throttle, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	t := &Throttle{cfg: cfg, log: log, now: time.Now, sleep: sleepCtx}
+	t := &Throttle{cfg: cfg, log: log, now: time.Now}
 	entries := cfg.Entries
 	if entries == 0 {
 		entries = DefaultConfig().Entries
@@ -272,8 +272,9 @@ func (t *Throttle) BeforeBind(ctx context.Context, req auth.Request, dn string) 
 
 // After records an outcome: an accepted password becomes known-good for
 // its entry; a wrong password or an unknown login is a failure for the
-// account and the client address, answered after a growing delay.
-func (t *Throttle) After(ctx context.Context, req auth.Request, v auth.Verdict) {
+// account and the client address. It returns how long the failure's
+// answer should wait.
+func (t *Throttle) After(ctx context.Context, req auth.Request, v auth.Verdict) time.Duration {
 	switch {
 	case v.Outcome == auth.Accept && v.DN != "":
 		ak := accountKey(v.DN)
@@ -283,7 +284,7 @@ func (t *Throttle) After(ctx context.Context, req auth.Request, v auth.Verdict) 
 		}
 	case v.Outcome == auth.Reject && (v.Cause == auth.CauseWrongPassword || v.Cause == auth.CauseUnknownUser):
 		if strings.HasSuffix(v.Reason, "not asked again)") {
-			return // already counted
+			return t.delay(ctx, 2) // already counted
 		}
 		key := loginKey(req)
 		if v.DN != "" {
@@ -295,17 +296,19 @@ func (t *Throttle) After(ctx context.Context, req auth.Request, v auth.Verdict) 
 			c, _, _ := t.store.record(ctx, ck, t.mark(ck+"\x00"+key, req.Password), t.cfg.Client.Window)
 			n = max(n, c)
 		}
-		t.wait(ctx, n)
+		return t.delay(ctx, n)
 	case v.Outcome == auth.Reject && v.Cause == auth.CauseThrottled:
-		t.wait(ctx, maxGuesses)
+		return t.delay(ctx, maxGuesses)
 	}
+	return 0
 }
 
-// wait delays a failure answer: nothing for the first, then Delay doubling
-// per failure up to MaxDelay, never past ctx's deadline.
-func (t *Throttle) wait(ctx context.Context, failures int) {
+// delay is how long a failure answer waits: nothing for the first, then
+// Delay doubling per failure up to MaxDelay, never past half of what is
+// left of ctx (the front door must still answer in time).
+func (t *Throttle) delay(ctx context.Context, failures int) time.Duration {
 	if t.cfg.Delay <= 0 || failures < 2 {
-		return
+		return 0
 	}
 	d := t.cfg.Delay
 	for i := 2; i < failures && d < t.cfg.MaxDelay; i++ {
@@ -313,22 +316,13 @@ func (t *Throttle) wait(ctx context.Context, failures int) {
 	}
 	d = min(d, t.cfg.MaxDelay)
 	if dl, ok := ctx.Deadline(); ok {
-		// Leave the front door time to answer within its own deadline.
 		d = min(d, time.Until(dl)/2)
 	}
-	if d > 0 {
-		t.delayed.Add(1)
-		t.sleep(ctx, d)
+	if d <= 0 {
+		return 0
 	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-	case <-ctx.Done():
-	}
+	t.delayed.Add(1)
+	return d
 }
 
 // knownGoodLogin reports a password accepted recently for the entry this

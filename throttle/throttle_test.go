@@ -13,8 +13,11 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
 
-// newTest returns a throttle on a fake clock whose delays are recorded,
-// not slept.
+// delays records the delays attempt asked for.
+var delays []time.Duration
+
+// newTest returns a throttle on a fake clock; the delays asked for are
+// recorded.
 func newTest(t *testing.T, edit func(*Config)) (*Throttle, *clock, *[]time.Duration) {
 	t.Helper()
 	cfg := DefaultConfig()
@@ -28,9 +31,8 @@ func newTest(t *testing.T, edit func(*Config)) (*Throttle, *clock, *[]time.Durat
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
 	th.now = c.now
 	th.store.(*memory).now = c.now
-	var slept []time.Duration
-	th.sleep = func(_ context.Context, d time.Duration) { slept = append(slept, d) }
-	return th, c, &slept
+	delays = nil
+	return th, c, &delays
 }
 
 const aliceDN = "uid=alice,ou=people,dc=example,dc=org"
@@ -39,21 +41,24 @@ const aliceDN = "uid=alice,ou=people,dc=example,dc=org"
 // a directory that accepts only "right" for alice.
 func attempt(th *Throttle, req auth.Request) auth.Verdict {
 	ctx := context.Background()
+	after := func(v auth.Verdict) auth.Verdict {
+		if d := th.After(ctx, req, v); d > 0 {
+			delays = append(delays, d)
+		}
+		return v
+	}
 	if v := th.Before(ctx, req); v != nil {
-		th.After(ctx, req, *v)
-		return *v
+		return after(*v)
 	}
 	if v := th.BeforeBind(ctx, req, aliceDN); v != nil {
-		th.After(ctx, req, *v)
-		return *v
+		return after(*v)
 	}
 	v := auth.Rejected(auth.CauseWrongPassword, "wrong password")
 	v.DN = aliceDN
 	if req.Password == "right" {
 		v = auth.Accepted(aliceDN, nil)
 	}
-	th.After(ctx, req, v)
-	return v
+	return after(v)
 }
 
 func TestAccountBudget(t *testing.T) {

@@ -75,6 +75,8 @@ install: build man
 	install -D -m 0644 bin/man/mailauthd.8 $(DESTDIR)$(PREFIX)/share/man/man8/mailauthd.8
 	install -D -m 0644 bin/man/mailauthd.yaml.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailauthd.yaml.5
 	install -D -m 0644 packaging/bash-completion/mailauthd $(DESTDIR)$(PREFIX)/share/bash-completion/completions/mailauthd
+	install -D -m 0644 packaging/fail2ban/filter.d/mailauthd.conf $(DESTDIR)/etc/fail2ban/filter.d/mailauthd.conf
+	install -D -m 0644 packaging/fail2ban/jail.d/mailauthd.conf $(DESTDIR)/etc/fail2ban/jail.d/mailauthd.conf
 	install -d -m 0700 $(DESTDIR)/var/lib/mailauthd/pamcheck
 	@# On the live system, what the package's maintainer scripts do: the
 	@# daemon's user, the state directory, the private directory's group.

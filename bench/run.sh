@@ -116,7 +116,7 @@ start_cyrus() { # start_cyrus NAME [saslauthd flags...]
 
 # mailauthd: the same LDAP settings; its host rule stays on (the generated
 # users carry host: *), so it does strictly more than Cyrus.
-start_mailauthd() { # start_mailauthd NAME CACHE_TTL [MIRROR_REFRESH]
+start_mailauthd() { # start_mailauthd NAME CACHE_TTL [MIRROR_REFRESH] [EXTRA_YAML]
   local dir=$work/$1
   mkdir -p "$dir"
   cat >"$dir/mailauthd.yaml" <<EOF
@@ -145,6 +145,7 @@ cache:
   size: 10000
 log:
   level: warn
+${4:-}
 EOF
   "$bin" serve --config "$dir/mailauthd.yaml" >"$dir/log" 2>&1 &
   pids+=($!)
@@ -163,11 +164,13 @@ start_cyrus cyrus
 start_cyrus cyrus-cache -c
 start_mailauthd mailauthd 0s
 start_mailauthd mailauthd-cache 60s
+# The same daemon with throttling off: what throttling costs a normal load.
+start_mailauthd mailauthd-nothrottle 0s "" "throttle: {enabled: false}"
 # The opt-in one-bind path (package mirror), if this build has it.
-daemons=(cyrus mailauthd cyrus-cache mailauthd-cache)
+daemons=(cyrus mailauthd mailauthd-nothrottle cyrus-cache mailauthd-cache)
 if "$bin" serve --check --config <(printf 'ldap:\n  urls: [%s]\n  base: %s\n  mirror_refresh: 60s\n' "$url" "$base") >/dev/null 2>&1; then
   start_mailauthd mailauthd-mirror 0s 60s
-  daemons=(cyrus mailauthd mailauthd-mirror cyrus-cache mailauthd-cache)
+  daemons=(cyrus mailauthd mailauthd-nothrottle mailauthd-mirror cyrus-cache mailauthd-cache)
   sleep 2 # first mirror load
 fi
 
@@ -200,6 +203,32 @@ for c in $concs; do
     cell "${d/mailauthd/auth_http}" "$c" -mode http $(daemon "$d" | sed "s|$work/$d/mux|$work/$d/http|") "${load[@]}"
   done
 done
+
+# Attacks (docs/security.md). The victim, user0, logs in first, so the
+# directory's acceptance of its password is known when the attack starts.
+attack() { # attack LABEL DAEMON ATTACKER-FLAGS...: the real user's p99 during the attack
+  local label=$1 d=$2; shift 2
+  # shellcheck disable=SC2046
+  "$lg" run -label "$label: real user" -c 1 $(daemon "$d") -users 1 -hot 1 -hotfrac 1 -wrong 0 -d 300ms -warmup 0s >/dev/null
+  # shellcheck disable=SC2046
+  "$lg" run -label "$label: attacker" -c 32 $(daemon "$d") "$@" -distinct -wrong 1 -d "$dur" -warmup 1s \
+    -out "$results" >/dev/null &
+  local atk=$!
+  sleep 1
+  # shellcheck disable=SC2046
+  "$lg" run -label "$label: real user" -c 1 $(daemon "$d") -users 1 -hot 1 -hotfrac 1 -wrong 0 -addr "192.0.2.1;1" \
+    -d "$dur" -warmup 0s -out "$results" >/dev/null
+  wait "$atk"
+}
+log "attacks: one account, then one address spraying, against throttling on and off"
+for d in mailauthd mailauthd-nothrottle; do
+  attack "attack on user0 ($d)" "$d" -users 1 -hot 1 -hotfrac 1 -addr "203.0.113.5;1"
+  attack "spray from one address ($d)" "$d" -users "$users" -hot 0 -addr "203.0.113.6;1"
+done
+log "slowloris: a login while 2,000 connections send one byte and stall"
+# shellcheck disable=SC2046
+"$lg" run -label "slowloris 2000 stalled (mailauthd-cache)" -c 1 $(daemon mailauthd-cache) -stall 2000 \
+  -users 1 -hot 1 -hotfrac 1 -wrong 0 -d "$dur" -warmup 1s -out "$results" >/dev/null
 
 log "memory: a fresh mailauthd with the cache; fill it with all $users users, then ${long_steps} x $long_step at c=32"
 start_mailauthd mailauthd-mem 600s

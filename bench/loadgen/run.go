@@ -113,6 +113,9 @@ func runLoad(args []string) error {
 	out := fs.String("out", "", "append the result as a JSON line to this file (and print it)")
 	cpuPIDs := fs.String("cpupids", "", "comma-separated PIDs of the daemon's processes, for CPU time per request")
 	slapdPID := fs.Int("slapdpid", 0, "PID of slapd, for its CPU time per request")
+	addr := fs.String("addr", "", "saslauthd: client address sent as the fifth field, e.g. 203.0.113.5;40000")
+	distinct := fs.Bool("distinct", false, "every wrong password a new one (an attacker's guesses), not the same wrong one per user")
+	stalled := fs.Int("stall", 0, "saslauthd: open this many connections that send one byte and stall, before measuring")
 	fs.Parse(args)
 	if *conc < 1 || *users < 1 || *hot > *users {
 		return errors.New("run: need -c >= 1, -users >= 1, -hot <= -users")
@@ -125,7 +128,20 @@ func runLoad(args []string) error {
 		if *socket == "" {
 			return errors.New("run: -socket required")
 		}
-		newDoer = func() (doer, error) { return &saslDoer{path: *socket, service: *service, timeout: *timeout}, nil }
+		newDoer = func() (doer, error) {
+			return &saslDoer{path: *socket, service: *service, addr: *addr, timeout: *timeout}, nil
+		}
+		if *stalled > 0 {
+			conns, err := stall(*socket, *stalled)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+		}
 		// Each client blocks in the kernel like a Postfix worker, and the
 		// kernel should schedule them like separate processes. With fewer
 		// Ps than clients, a client whose reply came back finds no P free
@@ -179,8 +195,12 @@ func runLoad(args []string) error {
 			var fe string
 			for !stop.Load() {
 				u, good := w.pick(r)
+				pw := password(u, good)
+				if !good && *distinct {
+					pw += "-" + strconv.FormatUint(r.Uint64(), 36)
+				}
 				t0 := time.Now()
-				ok, err := d.do("user"+strconv.Itoa(u), password(u, good))
+				ok, err := d.do("user"+strconv.Itoa(u), pw)
 				el := time.Since(t0)
 				if !measuring.Load() {
 					continue
@@ -341,6 +361,7 @@ func procMemory(pid int) (rss, hwm int64) {
 // Postfix or Cyrus worker costs, and leaves the shared cores to the daemons.
 type saslDoer struct {
 	path, service string
+	addr          string // the optional fifth field, client address
 	timeout       time.Duration
 	buf           []byte
 	reply         [1100]byte
@@ -366,6 +387,10 @@ func (s *saslDoer) do(user, pw string) (bool, error) {
 	for _, f := range [...]string{user, pw, s.service, ""} {
 		b = binary.BigEndian.AppendUint16(b, uint16(len(f)))
 		b = append(b, f...)
+	}
+	if s.addr != "" {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s.addr)))
+		b = append(b, s.addr...)
 	}
 	s.buf = b
 	for len(b) > 0 {
@@ -588,3 +613,22 @@ func (d *searchBindDoer) do(user, pw string) (bool, error) {
 }
 
 func (d *searchBindDoer) close() { d.search.Close(); d.bind.Close() }
+
+// stall opens n connections to a saslauthd socket that send the first byte
+// of a request and nothing more (the slowloris client). They stay open
+// until closed.
+func stall(path string, n int) ([]net.Conn, error) {
+	conns := make([]net.Conn, 0, n)
+	for range n {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, fmt.Errorf("stall: %w", err)
+		}
+		c.Write([]byte{0})
+		conns = append(conns, c)
+	}
+	return conns, nil
+}

@@ -23,6 +23,8 @@ const (
 	// labelMineCache: one HTTP/1.0 request per connection, as nginx sends.
 	labelHTTP      = "auth_http"
 	labelHTTPCache = "auth_http-cache"
+	// The same daemon as labelMine with throttling off.
+	labelNoThrottle = "mailauthd-nothrottle"
 )
 
 // Targets from issue 5.
@@ -64,12 +66,15 @@ func runTable(args []string) error {
 
 // rowOrder groups the table: the LDAP ceilings, then each daemon without
 // and with its cache.
-var rowOrder = []string{"ldap-bind", "ldap-search+bind", labelCyrus, labelMine, labelHTTP, labelMineMirror, labelCyrusCache, labelMineCache, labelHTTPCache}
+var rowOrder = []string{"ldap-bind", "ldap-search+bind", labelCyrus, labelMine, labelNoThrottle, labelHTTP, labelMineMirror, labelCyrusCache, labelMineCache, labelHTTPCache}
 
 func printTable(w io.Writer, all []Result) {
-	var results []Result
+	var results, security []Result
 	for _, r := range all {
-		if !strings.HasPrefix(r.Label, "mem:") {
+		switch {
+		case strings.HasPrefix(r.Label, "attack"), strings.HasPrefix(r.Label, "spray"), strings.HasPrefix(r.Label, "slowloris"):
+			security = append(security, r)
+		case !strings.HasPrefix(r.Label, "mem:"):
 			results = append(results, r)
 		}
 	}
@@ -167,6 +172,29 @@ func printTable(w io.Writer, all []Result) {
 				cpu = fmt.Sprintf("   daemon CPU per request %5.2fx", h.DaemonCPUus/s.DaemonCPUus)
 			}
 			fmt.Fprintf(w, "  %s c=%-2d req/s %5.2fx   p99 %5.2fx%s\n", row.name, c, h.RPS/s.RPS, h.P99ms/s.P99ms, cpu)
+		}
+	}
+	fmt.Fprintln(w, "\nthrottling on / off, same daemon otherwise, no cache, same run (target: within 5 %):")
+	for _, c := range []int{1, 8, 32} {
+		on, off := find(labelMine, c), find(labelNoThrottle, c)
+		if on == nil || off == nil || off.RPS == 0 {
+			continue
+		}
+		cpu := ""
+		if on.DaemonCPUus > 0 && off.DaemonCPUus > 0 {
+			cpu = fmt.Sprintf("   daemon CPU per request %5.2fx", on.DaemonCPUus/off.DaemonCPUus)
+		}
+		fmt.Fprintf(w, "  c=%-2d req/s %5.2fx%s\n", c, on.RPS/off.RPS, cpu)
+	}
+	if len(security) > 0 {
+		fmt.Fprintln(w, "\nattacks: guesses/s the attacker got answered (c=32, every guess a new password) and the real user's")
+		fmt.Fprintln(w, "logins meanwhile (c=1, another address; the directory accepted its password before the attack):")
+		for _, r := range security {
+			errs := ""
+			if r.Errors > 0 {
+				errs = fmt.Sprintf("   %d errors: %s", r.Errors, r.FirstError)
+			}
+			fmt.Fprintf(w, "  %-58s c=%-2d %8.0f/s   p50 %7.2f ms   p99 %7.2f ms%s\n", r.Label, r.Concurrency, r.RPS, r.P50ms, r.P99ms, errs)
 		}
 	}
 	var memRows []Result

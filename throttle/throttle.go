@@ -50,6 +50,10 @@ import (
 type Limit struct {
 	Failures int           `yaml:"failures"` // distinct failures allowed within Window; 0 = no limit
 	Window   time.Duration `yaml:"window"`
+	// Exempt lists client networks (CIDR) with no address budget: many
+	// users behind one address (webmail on this host, an office NAT)
+	// would otherwise share one budget. Default loopback. Client only.
+	Exempt []string `yaml:"exempt"`
 }
 
 // Config is the throttle: section.
@@ -70,7 +74,7 @@ func DefaultConfig() Config {
 	return Config{
 		Enabled:   true,
 		Account:   Limit{Failures: 5, Window: 15 * time.Minute},
-		Client:    Limit{Failures: 30, Window: 15 * time.Minute},
+		Client:    Limit{Failures: 30, Window: 15 * time.Minute, Exempt: []string{"127.0.0.0/8", "::1/128"}},
 		Delay:     250 * time.Millisecond,
 		MaxDelay:  2 * time.Second,
 		KnownGood: 24 * time.Hour,
@@ -89,6 +93,12 @@ func (c Config) Validate() error {
 		if l.Failures > 0 && (l.Window < time.Second || l.Window > 7*24*time.Hour) {
 			errs = append(errs, fmt.Sprintf("throttle.%s.window must be 1s..168h", name))
 		}
+	}
+	if len(c.Account.Exempt) > 0 {
+		errs = append(errs, "throttle.account.exempt: exemptions are for client addresses (throttle.client.exempt)")
+	}
+	if _, err := parseExempt(c.Client.Exempt); err != nil {
+		errs = append(errs, err.Error())
 	}
 	if c.Delay < 0 || c.MaxDelay < c.Delay || c.MaxDelay > 30*time.Second {
 		errs = append(errs, "throttle.delay and max_delay must satisfy 0 <= delay <= max_delay <= 30s")
@@ -114,11 +124,12 @@ const maxGuesses = 64
 
 // Throttle is safe for concurrent use. The zero value is not usable: New.
 type Throttle struct {
-	cfg   Config
-	store store
-	log   *slog.Logger
-	key   [32]byte // HMAC key for guesses and known-good marks
-	now   func() time.Time
+	cfg    Config
+	store  store
+	log    *slog.Logger
+	key    [32]byte // HMAC key for guesses and known-good marks
+	now    func() time.Time
+	exempt []netip.Prefix // client networks without an address budget
 
 	// Counters since New, for metrics.
 	refusedAccount, refusedClient, repeated, delayed atomic.Uint64
@@ -135,6 +146,7 @@ func New(cfg Config, log *slog.Logger) (*Throttle, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	t := &Throttle{cfg: cfg, log: log, now: time.Now}
+	t.exempt, _ = parseExempt(cfg.Client.Exempt) // validated above
 	entries := cfg.Entries
 	if entries == 0 {
 		entries = DefaultConfig().Entries
@@ -180,25 +192,46 @@ func loginKey(req auth.Request) string {
 	return k
 }
 
-// clientKey is the client's address as a throttling key: IPv4 /32, IPv6
-// /64 (one host's share of a network). "a.b.c.d;port" (cyrus-sasl master)
-// and "[v6]:port" are understood; anything else is not throttled by
-// address.
-func clientKey(addr string) string {
+func parseExempt(nets []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, n := range nets {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("throttle.client.exempt[%d]: %q is not a network like 192.0.2.0/24", i, n)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// parseAddr reads a front door's client address: "a.b.c.d", "a.b.c.d;port"
+// (cyrus-sasl master), "[v6]:port".
+func parseAddr(addr string) (netip.Addr, bool) {
 	if addr == "" {
-		return ""
+		return netip.Addr{}, false
 	}
 	if i := strings.IndexByte(addr, ';'); i >= 0 {
 		addr = addr[:i]
 	}
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
-		addr = ap.Addr().String()
+		return ap.Addr().Unmap(), true
 	}
 	a, err := netip.ParseAddr(strings.Trim(addr, "[]"))
-	if err != nil {
+	return a.Unmap(), err == nil
+}
+
+// clientKey is the client's address as a throttling key: IPv4 /32, IPv6
+// /64 (one host's share of a network); "" when unknown or exempt.
+func (t *Throttle) clientKey(addr string) string {
+	a, ok := parseAddr(addr)
+	if !ok || t.cfg.Client.Failures <= 0 {
 		return ""
 	}
-	a = a.Unmap()
+	for _, p := range t.exempt {
+		if p.Contains(a) {
+			return ""
+		}
+	}
 	if a.Is4() {
 		return "c:" + a.String()
 	}
@@ -229,7 +262,7 @@ func throttled(scope string) *auth.Verdict {
 // budget, or a login whose account is, is refused here unless the
 // password is one the directory accepted for it recently.
 func (t *Throttle) Before(ctx context.Context, req auth.Request) *auth.Verdict {
-	if ck := clientKey(req.ClientAddr); ck != "" && t.cfg.Client.Failures > 0 {
+	if ck := t.clientKey(req.ClientAddr); ck != "" {
 		n, _ := t.store.count(ctx, ck, t.cfg.Client.Window)
 		if n >= t.cfg.Client.Failures && !t.knownGoodLogin(ctx, req) {
 			t.refusedClient.Add(1)
@@ -284,7 +317,11 @@ func (t *Throttle) After(ctx context.Context, req auth.Request, v auth.Verdict) 
 		}
 	case v.Outcome == auth.Reject && (v.Cause == auth.CauseWrongPassword || v.Cause == auth.CauseUnknownUser):
 		if strings.HasSuffix(v.Reason, "not asked again)") {
-			return t.delay(ctx, 2) // already counted
+			// Already counted: delayed only as much as the account's
+			// failures already call for (a phone retrying an old password
+			// on an otherwise quiet account waits for nothing).
+			n, _ := t.store.count(ctx, accountKey(v.DN), t.cfg.Account.Window)
+			return t.delay(ctx, n)
 		}
 		key := loginKey(req)
 		if v.DN != "" {
@@ -292,7 +329,7 @@ func (t *Throttle) After(ctx context.Context, req auth.Request, v auth.Verdict) 
 			t.store.remember(ctx, loginKey(req), v.DN)
 		}
 		n, _, _ := t.store.record(ctx, key, t.mark(key, req.Password), t.cfg.Account.Window)
-		if ck := clientKey(req.ClientAddr); ck != "" && t.cfg.Client.Failures > 0 {
+		if ck := t.clientKey(req.ClientAddr); ck != "" {
 			c, _, _ := t.store.record(ctx, ck, t.mark(ck+"\x00"+key, req.Password), t.cfg.Client.Window)
 			n = max(n, c)
 		}

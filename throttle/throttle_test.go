@@ -2,6 +2,7 @@ package throttle
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -114,7 +115,7 @@ func TestRealUserKeepsWorking(t *testing.T) {
 }
 
 func TestSamePasswordCountsOnce(t *testing.T) {
-	th, _, _ := newTest(t, func(c *Config) { c.Account.Failures = 3 })
+	th, _, slept := newTest(t, func(c *Config) { c.Account.Failures = 3 })
 	for range 20 { // a phone retrying an old password
 		v := attempt(th, auth.Request{User: "alice", Password: "old-password"})
 		if v.Cause != auth.CauseWrongPassword {
@@ -123,6 +124,9 @@ func TestSamePasswordCountsOnce(t *testing.T) {
 	}
 	if st := th.Stats(); st.Repeated != 19 {
 		t.Errorf("%d repeats answered from memory, want 19", st.Repeated)
+	}
+	if len(*slept) != 0 {
+		t.Errorf("a phone retrying its old password on a quiet account was delayed: %v", *slept)
 	}
 	// One failure counted: the real user's typo does not tip it over.
 	if v := attempt(th, auth.Request{User: "alice", Password: "typo"}); v.Cause != auth.CauseWrongPassword {
@@ -151,14 +155,24 @@ func TestClientSpraying(t *testing.T) {
 	if sprayed != 10 {
 		t.Errorf("%d guesses reached the directory from one client, want 10", sprayed)
 	}
-	// Another client, and the same client's IPv6 /64 neighbour, are separate.
+	// Another client is separate; an exempt network has no address budget.
 	if v := th.Before(ctx, auth.Request{User: "usera", Password: "x", ClientAddr: "203.0.113.6"}); v != nil {
 		t.Errorf("another client throttled: %+v", v)
+	}
+	for i := range 100 {
+		req := auth.Request{User: "webmail" + strconv.Itoa(i), Password: "typo", ClientAddr: "127.0.0.1"}
+		if v := th.Before(ctx, req); v != nil {
+			t.Fatalf("webmail on loopback throttled by address after %d failures: %+v", i, v)
+		}
+		th.After(ctx, req, auth.Rejected(auth.CauseUnknownUser, "unknown user"))
 	}
 }
 
 func TestClientKey(t *testing.T) {
+	th, _, _ := newTest(t, nil)
 	for in, want := range map[string]string{
+		"127.0.0.1;40000":           "", // exempt: webmail on this host
+		"::1":                       "",
 		"192.0.2.7":                 "c:192.0.2.7",
 		"192.0.2.7;40000":           "c:192.0.2.7",
 		"[2001:db8::1]:993":         "c:2001:db8::/64",
@@ -169,7 +183,7 @@ func TestClientKey(t *testing.T) {
 		"":                          "",
 		"not an address;at all; no": "",
 	} {
-		if got := clientKey(in); got != want {
+		if got := th.clientKey(in); got != want {
 			t.Errorf("clientKey(%q) = %q, want %q", in, got, want)
 		}
 	}
@@ -198,6 +212,8 @@ func TestConfigValidate(t *testing.T) {
 		"tiny window":       func(c *Config) { c.Client.Window = time.Millisecond },
 		"delay above max":   func(c *Config) { c.Delay = 3 * time.Second },
 		"redis without key": func(c *Config) { c.Redis.Addr = "127.0.0.1:6379" },
+		"bad exempt":        func(c *Config) { c.Client.Exempt = []string{"10.0.0.1"} },
+		"account exempt":    func(c *Config) { c.Account.Exempt = []string{"10.0.0.0/8"} },
 	} {
 		c := DefaultConfig()
 		edit(&c)

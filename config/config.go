@@ -26,6 +26,7 @@ import (
 	"github.com/mailauthd/mailauthd/dovecot"
 	"github.com/mailauthd/mailauthd/ldapauth"
 	"github.com/mailauthd/mailauthd/pamcheck"
+	"github.com/mailauthd/mailauthd/pamexec"
 	"github.com/mailauthd/mailauthd/saslauthd"
 )
 
@@ -46,6 +47,7 @@ type File struct {
 	Dovecot       dovecot.Mapping       `yaml:"dovecot"`
 	Checkpassword checkpassword.Config  `yaml:"checkpassword"`
 	Pamcheck      pamcheck.Config       `yaml:"pamcheck"`
+	PAM           pamexec.Config        `yaml:"pam"`
 	Log           Log                   `yaml:"log"`
 
 	// ldapSet records that the YAML document had an ldap: section, which
@@ -127,6 +129,7 @@ func Default() *File {
 		LDAP:          LDAP{Directory: directory.DefaultConfig(), Search: ldapauth.DefaultConfig()},
 		Access:        ldapauth.DefaultAccessConfig(),
 		Checkpassword: checkpassword.Config{Timeout: checkpassword.DefaultTimeout},
+		PAM:           pamexec.DefaultConfig(),
 		Log:           Log{Format: "text", Level: "info"},
 	}
 }
@@ -341,6 +344,8 @@ func section(goType string) string {
 		return "cache"
 	case "checkpassword.Config":
 		return "checkpassword"
+	case "pamexec.Config":
+		return "pam"
 	}
 	return goType
 }
@@ -398,7 +403,7 @@ func (f *File) Validate() error {
 	if f.Cache.TTL < 0 || f.Cache.Size < 0 {
 		bad("cache.ttl and cache.size must not be negative")
 	}
-	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate()} {
+	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate(), f.PAM.Validate()} {
 		if err != nil {
 			bad("%v", err)
 		}

@@ -57,6 +57,8 @@ install: build
 	install -D -m 0644 packaging/tmpfiles.d/mailauthd.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/mailauthd.conf
 	install -D -m 0644 packaging/pamcheck/apt/50mailauthd-pamcheck $(DESTDIR)/etc/apt/apt.conf.d/50mailauthd-pamcheck
 	install -d -m 0700 $(DESTDIR)/var/lib/mailauthd/pamcheck
+	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/mailauthd/pam.d packaging/pam.d/dovecot \
+	  packaging/pam.d/smtp packaging/pam.d/mailauthd
 
 # A Debian package built from the same install tree (dpkg-deb only).
 deb: build

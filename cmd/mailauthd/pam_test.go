@@ -1,0 +1,529 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/msteinert/pam/v2"
+
+	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/config"
+	"github.com/mailauthd/mailauthd/daemon"
+	"github.com/mailauthd/mailauthd/internal/slapdtest"
+	"github.com/mailauthd/mailauthd/pamcheck"
+	"github.com/mailauthd/mailauthd/saslauthd"
+)
+
+// pamWorld is a real slapd, a configuration with the host and the service
+// rule on, a daemon serving the saslauthd and control sockets (started and
+// stopped by the test), and a pam.d directory whose services run the built
+// binary through pam_exec.so.
+type pamWorld struct {
+	bin      string
+	dir      string
+	slapd    *slapdtest.Server
+	cfgPath  string
+	cfg      *config.File
+	saslSock string
+	confDir  string // the pam.d directory for pam_start_confdir and pamtester
+	pamLog   string // pam_exec's log= file: mailauthd pam's stderr
+
+	mu        sync.Mutex
+	daemon    *daemon.Daemon
+	servers   *daemon.Servers
+	daemonLog lockedBuf
+	passwords []string // every password sent; none may reach a log
+}
+
+const pamConfigTemplate = `listen:
+  saslauthd:
+    - {path: %[1]s/mux, mode: "0666"}
+  control: {path: %[1]s/control, mode: "0600"}
+ldap:
+  urls: [%[2]s]
+  base: ou=people,dc=example,dc=org
+  bind_dn: cn=mailauthd,ou=services,dc=example,dc=org
+  bind_password_file: %[1]s/bindpw
+  timeout: 2s
+access:
+  hostnames: [mail.example.org, mail]
+  service_attribute: authorizedService
+pam:
+  timeout: 3s
+`
+
+// pamAuthLine is the auth line of packaging/pam.d with the test's binary,
+// configuration and log file. Every service file of the test uses it.
+func (w *pamWorld) pamAuthLine(extra string) string {
+	return fmt.Sprintf("auth required pam_exec.so quiet expose_authtok log=%s %s pam --config %s%s\n", w.pamLog, w.bin, w.cfgPath, extra)
+}
+
+func newPAMWorld(t testing.TB) *pamWorld {
+	t.Helper()
+	needRealPAM(t)
+	s := slapdtest.Start(t, slapdtest.WithLDIF(
+		filepath.Join(slapdtest.TestdataDir(), "users.ldif"),
+		filepath.Join(slapdtest.TestdataDir(), "..", "pam", "users.ldif")))
+	w := &pamWorld{bin: mailauthdBinary(t), dir: publicTempDir(t), slapd: s}
+	w.saslSock = filepath.Join(w.dir, "mux")
+	w.cfgPath = filepath.Join(w.dir, "mailauthd.yaml")
+	w.pamLog = filepath.Join(w.dir, "pam.log")
+	w.confDir = filepath.Join(w.dir, "pam.d")
+	if err := os.WriteFile(filepath.Join(w.dir, "bindpw"), []byte(slapdtest.ServicePassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(w.cfgPath, fmt.Appendf(nil, pamConfigTemplate, w.dir, s.URL()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(w.cfgPath, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.cfg = cfg
+	if err := os.Mkdir(w.confDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The shipped files' shape: auth through mailauthd, account
+	// pam_permit (the auth line applied the host and service rules).
+	permit := "account required pam_permit.so\n"
+	files := map[string]string{
+		"imap": w.pamAuthLine("") + permit,
+		"smtp": w.pamAuthLine("") + permit,
+		// Lookup mode: auth is done elsewhere (here: by nobody).
+		"imap-account": "auth required pam_permit.so\n" +
+			fmt.Sprintf("account required pam_exec.so quiet log=%s %s pam --account --service imap --config %s\n", w.pamLog, w.bin, w.cfgPath),
+		// A common mistake: the password never reaches the program.
+		"imap-noauthtok": strings.Replace(w.pamAuthLine(""), " expose_authtok", "", 1) + permit,
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(w.confDir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		w.stopDaemon()
+		w.checkNoPasswords(t)
+	})
+	return w
+}
+
+// needRealPAM skips (or fails in CI) when libpam cannot run a confdir
+// transaction with pam_exec.
+func needRealPAM(t testing.TB) {
+	t.Helper()
+	sys := pamcheck.NewSystem("", pamcheck.Config{}.WithDefaults())
+	if !pam.CheckPamHasStartConfdir() || sys.ResolveModule("pam_exec.so") == "" || sys.ResolveModule("pam_permit.so") == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("real PAM with pam_start_confdir, pam_exec and pam_permit is required in CI (libpam0g-dev, libpam-modules)")
+		}
+		t.Skip("no libpam with pam_start_confdir and pam_exec here")
+	}
+}
+
+// needTool returns the path of an installed program, or skips (fails in CI).
+func needTool(t testing.TB, path string) string {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed (run scripts/install-deps.sh)", path)
+		}
+		t.Skipf("%s not installed", path)
+	}
+	return path
+}
+
+func (w *pamWorld) startDaemon(t testing.TB) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.daemon != nil {
+		return
+	}
+	d, err := daemon.New(w.cfg, daemon.Options{Logger: slog.New(slog.NewTextHandler(&w.daemonLog, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := daemon.OpenListeners(w.cfg)
+	if err != nil {
+		d.Close()
+		t.Fatal(err)
+	}
+	w.daemon, w.servers = d, d.Serve(ls)
+}
+
+func (w *pamWorld) stopDaemon() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.daemon == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w.servers.Shutdown(ctx)
+	w.daemon.Close()
+	w.daemon, w.servers = nil, nil
+}
+
+func (w *pamWorld) sent(pw string) {
+	w.mu.Lock()
+	w.passwords = append(w.passwords, pw)
+	w.mu.Unlock()
+}
+
+// checkNoPasswords: neither the daemon's log nor mailauthd pam's holds a
+// password the test sent.
+func (w *pamWorld) checkNoPasswords(t testing.TB) {
+	t.Helper()
+	pamLog, _ := os.ReadFile(w.pamLog)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, pw := range append(w.passwords, slapdtest.ServicePassword) {
+		if len(pw) < 4 {
+			continue
+		}
+		if bytes.Contains(pamLog, []byte(pw)) || strings.Contains(w.daemonLog.String(), pw) {
+			t.Errorf("a log holds the password %q", pw)
+		}
+	}
+}
+
+// pamLogLines returns mailauthd pam's decision lines so far.
+func (w *pamWorld) pamLogLines() []string {
+	data, _ := os.ReadFile(w.pamLog)
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, "msg=pam ") || strings.Contains(l, `msg="pam: `) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// lastPAMLine waits for the decision line that the n+1-th run wrote.
+func (w *pamWorld) pamLineAfter(t testing.TB, n int) string {
+	t.Helper()
+	lines := w.pamLogLines()
+	if len(lines) <= n {
+		t.Fatalf("mailauthd pam logged no line for this run; log:\n%s", strings.Join(lines, "\n"))
+	}
+	return lines[len(lines)-1]
+}
+
+// pamAnswer is what one PAM transaction said.
+type pamAnswer struct {
+	auth, acct error // nil: success
+}
+
+func (a pamAnswer) ok() bool { return a.auth == nil && a.acct == nil }
+
+// login runs a real PAM transaction in this process against the test's
+// pam.d directory: pam_authenticate, then pam_acct_mgmt as a service does.
+func (w *pamWorld) login(t testing.TB, service, user, password, rhost string) pamAnswer {
+	t.Helper()
+	w.sent(password)
+	runtime.LockOSThread() // one PAM transaction stays on one OS thread
+	defer runtime.UnlockOSThread()
+	conv := pam.ConversationFunc(func(s pam.Style, msg string) (string, error) {
+		switch s {
+		case pam.PromptEchoOff:
+			return password, nil
+		case pam.PromptEchoOn:
+			return user, nil
+		case pam.ErrorMsg, pam.TextInfo:
+			// quiet: pam_exec shows nothing; anything here is a leak.
+			t.Errorf("PAM told the user: %q", msg)
+			return "", nil
+		}
+		return "", errors.New("unsupported conversation")
+	})
+	tx, err := pam.StartConfDir(service, user, conv, w.confDir)
+	if err != nil {
+		t.Fatalf("pam_start_confdir %s: %v", service, err)
+	}
+	defer tx.End()
+	if rhost != "" {
+		if err := tx.SetItem(pam.Rhost, rhost); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var a pamAnswer
+	a.acct = errors.New("not run")
+	if a.auth = tx.Authenticate(0); a.auth == nil {
+		a.acct = tx.AcctMgmt(0)
+	}
+	return a
+}
+
+// pamtester runs Debian's pamtester (libpam's own conversation, reading
+// the password from stdin) against the test's pam.d directory: pamtester
+// has no confdir option and reads /etc/pam.d, so it runs in a private
+// mount namespace where the directory is bind-mounted over /etc/pam.d.
+// The mount ends with the process.
+func (w *pamWorld) pamtester(t testing.TB, service, user, password, rhost string) bool {
+	t.Helper()
+	bin := needTool(t, "/usr/bin/pamtester")
+	unshare := needTool(t, "/usr/bin/unshare")
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("pamtester runs in a private mount namespace, which needs root")
+		}
+		t.Skip("pamtester's private mount namespace needs root")
+	}
+	w.sent(password)
+	args := []string{"--mount", "--propagation", "private", "sh", "-c", `mount --bind "$1" /etc/pam.d && shift && exec "$@"`,
+		"sh", w.confDir, bin}
+	if rhost != "" {
+		args = append(args, "-I", "rhost="+rhost)
+	}
+	args = append(args, service, user, "authenticate", "acct_mgmt")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, unshare, args...)
+	cmd.Stdin = strings.NewReader(password + "\n") // misc_conv reads one line
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		if !strings.Contains(out.String(), "successfully authenticated") {
+			t.Fatalf("pamtester exit 0 without success: %s", out.String())
+		}
+		return true
+	case errors.As(err, &ee) && ee.ExitCode() == 1 && ctx.Err() == nil:
+		return false
+	}
+	t.Fatalf("pamtester: %v\n%s", err, out.String())
+	return false
+}
+
+// saslauthd asks the daemon's saslauthd socket, as Postfix does.
+func (w *pamWorld) saslauthd(t testing.TB, service, user, password string) bool {
+	t.Helper()
+	w.sent(password)
+	c := &saslauthd.Client{Path: w.saslSock, Timeout: 10 * time.Second}
+	ok, _, err := c.Authenticate(context.Background(), auth.Request{User: user, Password: password, Service: service})
+	if err != nil {
+		t.Fatalf("saslauthd socket: %v", err)
+	}
+	return ok
+}
+
+// pamCase is one login every door must answer alike.
+type pamCase struct {
+	name, service, user, password string
+	want                          bool
+}
+
+// pamCases: the case table the saslauthd socket, libpam and pamtester
+// (and, in pam_dovecot_test.go, Dovecot's pam passdb) answer alike.
+var pamCases = []pamCase{
+	{"right password", "imap", "pamuser", "pamuserpw", true},
+	{"wrong password", "imap", "pamuser", "wrongpw", false},
+	{"host rule refuses", "imap", "otherhost", "otherhostpw", false},
+	{"service rule allows smtp", "smtp", "smtponly", "smtponlypw", true},
+	{"service rule refuses imap", "imap", "smtponly", "smtponlypw", false},
+	{"unknown user", "imap", "nobody", "nobodypw", false},
+	{"empty password", "imap", "pamuser", "", false},
+	{"spaces and UTF-8", "imap", "spacey", "correct horse ✓ bätterie", true},
+	{"spaces and UTF-8, cut at a space", "imap", "spacey", "correct horse", false},
+	{"realm split at the last @", "smtp", "pamuser@example.org", "pamuserpw", true},
+}
+
+// TestPAMSameAnswers is the PAM front door's specification: every case,
+// through the daemon and (daemon stopped) standalone, gives the same answer
+// through a real PAM transaction, through pamtester, and through the
+// saslauthd socket; each run logs one line saying who decided.
+func TestPAMSameAnswers(t *testing.T) {
+	w := newPAMWorld(t)
+	w.startDaemon(t)
+	sasl := map[string]bool{}
+	for _, c := range pamCases {
+		sasl[c.name] = w.saslauthd(t, c.service, c.user, c.password)
+		if sasl[c.name] != c.want {
+			t.Errorf("%s: saslauthd socket says %v, want %v", c.name, sasl[c.name], c.want)
+		}
+	}
+	for _, via := range []string{"daemon", "standalone"} {
+		if via == "daemon" {
+			w.startDaemon(t)
+		} else {
+			w.stopDaemon()
+		}
+		for _, c := range pamCases {
+			t.Run(via+"/"+c.name, func(t *testing.T) {
+				n := len(w.pamLogLines())
+				a := w.login(t, c.service, c.user, c.password, "192.0.2.7")
+				if a.ok() != c.want || a.ok() != sasl[c.name] {
+					t.Errorf("libpam: auth %v, acct %v; want accepted=%v like the saslauthd socket", a.auth, a.acct, c.want)
+				}
+				if !c.want && !errors.Is(a.auth, pam.ErrSystem) {
+					// pam_exec turns every non-zero exit into PAM_SYSTEM_ERR,
+					// and a failing required line returns its status.
+					t.Errorf("refusal is %v, want PAM_SYSTEM_ERR", a.auth)
+				}
+				line := w.pamLineAfter(t, n)
+				wantResult := map[bool]string{true: "result=accept exit=0", false: "exit=1"}[c.want]
+				for _, s := range []string{"msg=pam type=auth user=" + logValue(c.user) + " service=" + c.service + " rhost=192.0.2.7", wantResult} {
+					if !strings.Contains(line, s) {
+						t.Errorf("pam log line lacks %q:\n%s", s, line)
+					}
+				}
+				if c.password != "" && !strings.Contains(line, "via="+via) {
+					t.Errorf("pam log line does not say via=%s:\n%s", via, line)
+				}
+				if got := w.pamtester(t, c.service, c.user, c.password, "192.0.2.7"); got != c.want {
+					t.Errorf("pamtester: accepted=%v, want %v\n%s", got, c.want, w.pamLineAfter(t, n+1))
+				}
+			})
+		}
+	}
+}
+
+// logValue is how slog's text handler writes a simple value.
+func logValue(s string) string {
+	if strings.ContainsAny(s, " =\"") {
+		return fmt.Sprintf("%q", s)
+	}
+	return s
+}
+
+// TestPAMAccount: the lookup mode for stacks where auth is done
+// elsewhere: the host and service rules without a password.
+func TestPAMAccount(t *testing.T) {
+	w := newPAMWorld(t)
+	for _, via := range []string{"daemon", "standalone"} {
+		if via == "daemon" {
+			w.startDaemon(t)
+		} else {
+			w.stopDaemon()
+		}
+		for _, c := range []struct {
+			user string
+			want bool
+		}{
+			{"pamuser", true},
+			{"otherhost", false}, // host rule
+			{"smtponly", false},  // service rule: --service imap
+			{"nobody", false},
+		} {
+			t.Run(via+"/"+c.user, func(t *testing.T) {
+				n := len(w.pamLogLines())
+				a := w.login(t, "imap-account", c.user, "never-asked", "")
+				if a.auth != nil {
+					t.Fatalf("auth (pam_permit) failed: %v", a.auth)
+				}
+				if (a.acct == nil) != c.want {
+					t.Errorf("acct_mgmt: %v, want accepted=%v", a.acct, c.want)
+				}
+				line := w.pamLineAfter(t, n)
+				if !strings.Contains(line, "type=account user="+c.user+" service=imap") || !strings.Contains(line, "via="+via) {
+					t.Errorf("log line: %s", line)
+				}
+			})
+		}
+	}
+}
+
+// TestPAMWithoutExposeAuthtok: an auth line that forgets expose_authtok
+// gives the program no password; every login is refused, and the log says
+// why.
+func TestPAMWithoutExposeAuthtok(t *testing.T) {
+	w := newPAMWorld(t)
+	w.startDaemon(t)
+	if a := w.login(t, "imap-noauthtok", "pamuser", "pamuserpw", ""); a.ok() {
+		t.Fatal("accepted without a password")
+	}
+	if line := w.pamLineAfter(t, 0); !strings.Contains(line, "no expose_authtok") {
+		t.Fatalf("log does not name the cause: %s", line)
+	}
+}
+
+// TestPAMLDAPDown: slapd gone, the daemon running or not: every login is
+// refused (PAM has no "try later"), the log says temporary failure (111),
+// and the saslauthd socket refuses too.
+func TestPAMLDAPDown(t *testing.T) {
+	w := newPAMWorld(t)
+	w.startDaemon(t)
+	w.slapd.Stop()
+	if w.saslauthd(t, "imap", "pamuser", "pamuserpw") {
+		t.Fatal("saslauthd socket accepted with LDAP down")
+	}
+	for _, via := range []string{"daemon", "standalone"} {
+		if via == "standalone" {
+			w.stopDaemon()
+		}
+		n := len(w.pamLogLines())
+		if a := w.login(t, "imap", "pamuser", "pamuserpw", ""); a.ok() {
+			t.Fatalf("%s: accepted with LDAP down", via)
+		}
+		line := w.pamLineAfter(t, n)
+		if !strings.Contains(line, "result=tempfail exit=111") || !strings.Contains(line, "via="+via) {
+			t.Errorf("%s: log line: %s", via, line)
+		}
+		if w.pamtester(t, "imap", "pamuser", "pamuserpw", "") {
+			t.Errorf("%s: pamtester accepted with LDAP down", via)
+		}
+	}
+}
+
+// TestPAMHungLDAP: a frozen slapd (accepts, never answers) ends the
+// program within pam.timeout: the PAM caller (an auth-worker) is not stuck.
+func TestPAMHungLDAP(t *testing.T) {
+	w := newPAMWorld(t)
+	if err := w.slapd.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.slapd.Resume() })
+	for _, via := range []string{"standalone", "daemon"} {
+		if via == "daemon" {
+			w.startDaemon(t)
+		}
+		done := make(chan pamAnswer, 1)
+		go func() { done <- w.login(t, "imap", "pamuser", "pamuserpw", "") }()
+		select {
+		case a := <-done:
+			if a.ok() {
+				t.Fatalf("%s: accepted with LDAP frozen", via)
+			}
+		case <-time.After(30 * time.Second):
+			// Far beyond the 3s configured: the run ignores its deadline.
+			t.Fatalf("%s: PAM still waiting 30s after a 3s pam.timeout", via)
+		}
+		if line := w.pamLineAfter(t, 0); !strings.Contains(line, "exit=111") {
+			t.Errorf("%s: log line: %s", via, line)
+		}
+	}
+}
+
+// lockedBuf collects a log written from several goroutines.
+type lockedBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+var _ io.Writer = (*lockedBuf)(nil)

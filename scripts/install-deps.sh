@@ -5,7 +5,10 @@ set -euo pipefail
 pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
       libpam0g-dev libpam-modules openssl ca-certificates systemd
       389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime
-      dovecot-auth-lua lua-socket debootstrap pamtester)
+      dovecot-auth-lua lua-socket debootstrap)
+# Host only: scripts/trixie-root.sh mirrors the pkgs=(...) list above into
+# the shared Debian 13 root and rebuilds it when that list changes.
+pkgs+=(pamtester)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,12 +30,13 @@ const dovecotPAMVsz = `service auth-worker {
 }
 `
 
-// installPAMService writes a pam.d service file into /etc/pam.d, where
-// Dovecot's pam_start reads it (Dovecot cannot be given a pam.d directory,
-// and libpam reads /etc/pam.d). The name is unique; t.Cleanup removes it.
-func installPAMService(t *testing.T, name, content string) {
+// installPAMService writes a pam.d service file into pamd (/etc/pam.d, or
+// the Debian 13 root's), where Dovecot's pam_start reads it: Dovecot cannot
+// be given a pam.d directory, and libpam reads /etc/pam.d. The name is
+// unique; t.Cleanup removes it.
+func installPAMService(t *testing.T, pamd, name, content string) {
 	t.Helper()
-	path := filepath.Join("/etc/pam.d", name)
+	path := filepath.Join(pamd, name)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		t.Fatalf("installing a test PAM service: %v", err)
@@ -71,9 +72,24 @@ func (w *pamWorld) shippedPAMFile(t *testing.T, name, extra string) string {
 		t.Fatalf("packaging/pam.d/%s lacks the documented auth line", name)
 	}
 	s = strings.ReplaceAll(s, "pam_exec.so quiet expose_authtok /usr/bin/mailauthd pam\n",
-		fmt.Sprintf("pam_exec.so quiet expose_authtok log=%s %s pam --config %s%s\n", w.pamLog, w.bin, w.cfgPath, extra))
+		fmt.Sprintf("pam_exec.so quiet expose_authtok log=%s %s pam --config %s%s\n", w.pamLogView, w.binView, w.cfgView, extra))
 	return s
 }
+
+// dovecotPAMBlock24 is the same for Dovecot 2.4, whose pam passdb takes
+// service_name (var-expanded per request) instead of args.
+const dovecotPAMBlock24 = `passdb pam {
+  service_name = %s
+}
+userdb static {
+  driver = static
+  fields {
+    uid = 5000
+    gid = 5000
+    home = /var/vmail/%%{user}
+  }
+}
+`
 
 // TestPAMDovecot runs a real Dovecot 2.3 with passdb { driver = pam } on
 // the shipped pam.d file, through the daemon and standalone, and requires
@@ -87,12 +103,67 @@ func TestPAMDovecot(t *testing.T) {
 	w := newPAMWorld(t)
 	name := uniquePAMName(t)
 	for _, svc := range []string{"imap", "smtp"} {
-		installPAMService(t, name+"-"+svc, w.shippedPAMFile(t, "dovecot", " --service "+svc))
+		installPAMService(t, "/etc/pam.d", name+"-"+svc, w.shippedPAMFile(t, "dovecot", " --service "+svc))
 	}
 	d := dovecottest.Start(t, dovecottest.Version23, dovecottest.Config{
 		PassdbUserdb: fmt.Sprintf(dovecotPAMBlock, name+"-%Ls"),
 		Extra:        dovecotPAMVsz,
 	})
+	dovecotPAMCases(t, w, d)
+
+	// The blocks shown in docs/pam.md are the ones run here.
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "pam.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, block := range []string{dovecotPAMVsz, fmt.Sprintf(dovecotPAMBlock, "dovecot"), fmt.Sprintf(dovecotPAMBlock24, "dovecot")} {
+		if !strings.Contains(string(doc), indent(block)) {
+			t.Errorf("docs/pam.md does not show the tested block:\n%s", block)
+		}
+	}
+}
+
+// indent makes a block a Markdown code block (four spaces).
+func indent(block string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(block, "\n") {
+		if strings.TrimSpace(l) != "" {
+			b.WriteString("    ")
+		}
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+// TestPAMDovecot24 is TestPAMDovecot on Dovecot 2.4, chrooted into the
+// Debian 13 root: the binary, its configuration and the control socket lie
+// inside the root, and the service files go to the root's /etc/pam.d.
+func TestPAMDovecot24(t *testing.T) {
+	dir := dovecottest.TempDir(t, dovecottest.Version24)
+	data, err := os.ReadFile(mailauthdBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := dir.WriteFile("mailauthd", data, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newPAMWorldIn(t, dir.Host, dir.Dovecot, bin.Dovecot)
+	root := strings.TrimSuffix(dir.Host, dir.Dovecot)
+	name := uniquePAMName(t)
+	for _, svc := range []string{"imap", "smtp"} {
+		installPAMService(t, filepath.Join(root, "etc", "pam.d"), name+"-"+svc, w.shippedPAMFile(t, "dovecot", " --service "+svc))
+	}
+	d := dovecottest.Start(t, dovecottest.Version24, dovecottest.Config{
+		PassdbUserdb: fmt.Sprintf(dovecotPAMBlock24, name+"-%{protocol}"),
+		Extra:        dovecotPAMVsz,
+	})
+	dovecotPAMCases(t, w, d)
+}
+
+// dovecotPAMCases runs the case table through Dovecot's pam passdb, via the
+// daemon and standalone, then with LDAP down.
+func dovecotPAMCases(t *testing.T, w *pamWorld, d *dovecottest.Dovecot) {
 	w.startDaemon(t)
 	sasl := map[string]bool{}
 	for _, c := range pamCases {
@@ -152,10 +223,8 @@ func TestPAMDovecot(t *testing.T) {
 	}
 
 	log := d.Log()
-	for _, s := range []string{"pam_authenticate() failed: System error"} {
-		if !strings.Contains(log, s) {
-			t.Errorf("Dovecot's log lacks %q:\n%s", s, log)
-		}
+	if !strings.Contains(log, "pam_authenticate() failed: System error") {
+		t.Errorf("Dovecot's log lacks pam_authenticate() failed: System error:\n%s", log)
 	}
 	w.mu.Lock()
 	for _, pw := range w.passwords {
@@ -173,7 +242,7 @@ func TestPAMDovecot(t *testing.T) {
 func TestPAMDovecotDefaultVszLimit(t *testing.T) {
 	w := newPAMWorld(t)
 	name := uniquePAMName(t)
-	installPAMService(t, name, w.shippedPAMFile(t, "dovecot", ""))
+	installPAMService(t, "/etc/pam.d", name, w.shippedPAMFile(t, "dovecot", ""))
 	d := dovecottest.Start(t, dovecottest.Version23, dovecottest.Config{
 		PassdbUserdb: fmt.Sprintf(dovecotPAMBlock, name),
 	})

@@ -30,15 +30,22 @@ import (
 // rule on, a daemon serving the saslauthd and control sockets (started and
 // stopped by the test), and a pam.d directory whose services run the built
 // binary through pam_exec.so.
+//
+// The program may run in another file-system view than the test (Dovecot
+// 2.4 chrooted into a Debian 13 root): dir is the world's directory as the
+// test sees it, view as the program sees it, and the program reads its own
+// copy of the configuration with view's paths (same socket, same slapd).
 type pamWorld struct {
-	bin      string
-	dir      string
-	slapd    *slapdtest.Server
-	cfgPath  string
-	cfg      *config.File
-	saslSock string
-	confDir  string // the pam.d directory for pam_start_confdir and pamtester
-	pamLog   string // pam_exec's log= file: mailauthd pam's stderr
+	dir, view  string
+	binView    string // the binary, as the program's caller sees it
+	slapd      *slapdtest.Server
+	cfgPath    string // the daemon's configuration (test's paths)
+	cfgView    string // the program's configuration (view's paths)
+	cfg        *config.File
+	saslSock   string
+	confDir    string // the pam.d directory for pam_start_confdir and pamtester
+	pamLog     string // pam_exec's log= file: mailauthd pam's stderr
+	pamLogView string
 
 	mu        sync.Mutex
 	daemon    *daemon.Daemon
@@ -65,27 +72,43 @@ pam:
 `
 
 // pamAuthLine is the auth line of packaging/pam.d with the test's binary,
-// configuration and log file. Every service file of the test uses it.
+// configuration and log file.
 func (w *pamWorld) pamAuthLine(extra string) string {
-	return fmt.Sprintf("auth required pam_exec.so quiet expose_authtok log=%s %s pam --config %s%s\n", w.pamLog, w.bin, w.cfgPath, extra)
+	return fmt.Sprintf("auth required pam_exec.so quiet expose_authtok log=%s %s pam --config %s%s\n", w.pamLogView, w.binView, w.cfgView, extra)
 }
 
 func newPAMWorld(t testing.TB) *pamWorld {
+	t.Helper()
+	dir := publicTempDir(t)
+	return newPAMWorldIn(t, dir, dir, mailauthdBinary(t))
+}
+
+// newPAMWorldIn makes the world in dir, which the program sees as view;
+// bin is the binary's path in that view.
+func newPAMWorldIn(t testing.TB, dir, view, binView string) *pamWorld {
 	t.Helper()
 	needRealPAM(t)
 	s := slapdtest.Start(t, slapdtest.WithLDIF(
 		filepath.Join(slapdtest.TestdataDir(), "users.ldif"),
 		filepath.Join(slapdtest.TestdataDir(), "..", "pam", "users.ldif")))
-	w := &pamWorld{bin: mailauthdBinary(t), dir: publicTempDir(t), slapd: s}
+	w := &pamWorld{dir: dir, view: view, binView: binView, slapd: s}
 	w.saslSock = filepath.Join(w.dir, "mux")
 	w.cfgPath = filepath.Join(w.dir, "mailauthd.yaml")
+	w.cfgView = w.cfgPath
 	w.pamLog = filepath.Join(w.dir, "pam.log")
+	w.pamLogView = filepath.Join(w.view, "pam.log")
 	w.confDir = filepath.Join(w.dir, "pam.d")
 	if err := os.WriteFile(filepath.Join(w.dir, "bindpw"), []byte(slapdtest.ServicePassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(w.cfgPath, fmt.Appendf(nil, pamConfigTemplate, w.dir, s.URL()), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if view != dir {
+		w.cfgView = filepath.Join(w.view, "mailauthd-view.yaml")
+		if err := os.WriteFile(filepath.Join(w.dir, "mailauthd-view.yaml"), fmt.Appendf(nil, pamConfigTemplate, w.view, s.URL()), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, err := config.Load(w.cfgPath, "")
 	if err != nil {
@@ -103,7 +126,7 @@ func newPAMWorld(t testing.TB) *pamWorld {
 		"smtp": w.pamAuthLine("") + permit,
 		// Lookup mode: auth is done elsewhere (here: by nobody).
 		"imap-account": "auth required pam_permit.so\n" +
-			fmt.Sprintf("account required pam_exec.so quiet log=%s %s pam --account --service imap --config %s\n", w.pamLog, w.bin, w.cfgPath),
+			fmt.Sprintf("account required pam_exec.so quiet log=%s %s pam --account --service imap --config %s\n", w.pamLogView, w.binView, w.cfgView),
 		// A common mistake: the password never reaches the program.
 		"imap-noauthtok": strings.Replace(w.pamAuthLine(""), " expose_authtok", "", 1) + permit,
 	}

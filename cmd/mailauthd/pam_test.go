@@ -71,10 +71,30 @@ pam:
   timeout: 3s
 `
 
-// pamAuthLine is the auth line of packaging/pam.d with the test's binary,
-// configuration and log file.
-func (w *pamWorld) pamAuthLine(extra string) string {
-	return fmt.Sprintf("auth required pam_exec.so quiet expose_authtok log=%s %s pam --config %s%s\n", w.pamLogView, w.binView, w.cfgView, extra)
+// shippedPAMFile is packaging/pam.d/NAME with the test's binary in place
+// of /usr/bin/mailauthd, and on each mailauthd line pam_exec's log= option
+// (so the test reads the program's lines), --config, and extra.
+func (w *pamWorld) shippedPAMFile(t testing.TB, name, extra string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "packaging", "pam.d", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	n := 0
+	for i, l := range lines {
+		if !strings.Contains(l, " /usr/bin/mailauthd pam") || strings.HasPrefix(l, "#") {
+			continue
+		}
+		l = strings.Replace(l, "pam_exec.so ", "pam_exec.so log="+w.pamLogView+" ", 1)
+		l = strings.Replace(l, "/usr/bin/mailauthd", w.binView, 1)
+		lines[i] = strings.TrimSuffix(l, "\n") + " --config " + w.cfgView + extra + "\n"
+		n++
+	}
+	if n == 0 {
+		t.Fatalf("packaging/pam.d/%s has no mailauthd line", name)
+	}
+	return strings.Join(lines, "")
 }
 
 func newPAMWorld(t testing.TB) *pamWorld {
@@ -118,17 +138,16 @@ func newPAMWorldIn(t testing.TB, dir, view, binView string) *pamWorld {
 	if err := os.Mkdir(w.confDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// The shipped files' shape: auth through mailauthd, account
-	// pam_permit (the auth line applied the host and service rules).
-	permit := "account required pam_permit.so\n"
+	// The shipped files: imap is the generic one (auth, then account
+	// through mailauthd), smtp the one for saslauthd -a pam.
 	files := map[string]string{
-		"imap": w.pamAuthLine("") + permit,
-		"smtp": w.pamAuthLine("") + permit,
+		"imap": w.shippedPAMFile(t, "mailauthd", ""),
+		"smtp": w.shippedPAMFile(t, "smtp", ""),
 		// Lookup mode: auth is done elsewhere (here: by nobody).
 		"imap-account": "auth required pam_permit.so\n" +
 			fmt.Sprintf("account required pam_exec.so quiet log=%s %s pam --account --service imap --config %s\n", w.pamLogView, w.binView, w.cfgView),
 		// A common mistake: the password never reaches the program.
-		"imap-noauthtok": strings.Replace(w.pamAuthLine(""), " expose_authtok", "", 1) + permit,
+		"imap-noauthtok": strings.Replace(w.shippedPAMFile(t, "dovecot", ""), " expose_authtok", "", 1),
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(w.confDir, name), []byte(content), 0o644); err != nil {
@@ -234,14 +253,16 @@ func (w *pamWorld) pamLogLines() []string {
 	return out
 }
 
-// lastPAMLine waits for the decision line that the n+1-th run wrote.
+// pamLineAfter returns the first line mailauthd pam logged after the n
+// lines there were before this run (the auth line when a login also ran
+// the account line).
 func (w *pamWorld) pamLineAfter(t testing.TB, n int) string {
 	t.Helper()
 	lines := w.pamLogLines()
 	if len(lines) <= n {
 		t.Fatalf("mailauthd pam logged no line for this run; log:\n%s", strings.Join(lines, "\n"))
 	}
-	return lines[len(lines)-1]
+	return lines[n]
 }
 
 // pamAnswer is what one PAM transaction said.
@@ -408,7 +429,7 @@ func TestPAMSameAnswers(t *testing.T) {
 					t.Errorf("pam log line does not say via=%s:\n%s", via, line)
 				}
 				if got := w.pamtester(t, c.service, c.user, c.password, "192.0.2.7"); got != c.want {
-					t.Errorf("pamtester: accepted=%v, want %v\n%s", got, c.want, w.pamLineAfter(t, n+1))
+					t.Errorf("pamtester: accepted=%v, want %v\n%s", got, c.want, strings.Join(w.pamLogLines()[n:], "\n"))
 				}
 			})
 		}
@@ -514,6 +535,7 @@ func TestPAMHungLDAP(t *testing.T) {
 		if via == "daemon" {
 			w.startDaemon(t)
 		}
+		n := len(w.pamLogLines())
 		done := make(chan pamAnswer, 1)
 		go func() { done <- w.login(t, "imap", "pamuser", "pamuserpw", "") }()
 		select {
@@ -525,7 +547,7 @@ func TestPAMHungLDAP(t *testing.T) {
 			// Far beyond the 3s configured: the run ignores its deadline.
 			t.Fatalf("%s: PAM still waiting 30s after a 3s pam.timeout", via)
 		}
-		if line := w.pamLineAfter(t, 0); !strings.Contains(line, "exit=111") {
+		if line := w.pamLineAfter(t, n); !strings.Contains(line, "exit=111") || !strings.Contains(line, "via="+via) {
 			t.Errorf("%s: log line: %s", via, line)
 		}
 	}
@@ -550,3 +572,71 @@ func (b *lockedBuf) String() string {
 }
 
 var _ io.Writer = (*lockedBuf)(nil)
+
+// BenchmarkPAMLogin is one accepted login's cost through each door against
+// real slapd: mailauthd's saslauthd socket (the reference), and a real PAM
+// transaction whose pam_exec runs the binary, asking the daemon or (none
+// running) deciding standalone with its own LDAP connections.
+func BenchmarkPAMLogin(b *testing.B) {
+	w := newPAMWorld(b)
+	for _, door := range []string{"saslauthd-socket", "pam/daemon", "pam/standalone"} {
+		b.Run(door, func(b *testing.B) {
+			if door == "pam/standalone" {
+				w.stopDaemon()
+			} else {
+				w.startDaemon(b)
+			}
+			for b.Loop() {
+				var ok bool
+				if door == "saslauthd-socket" {
+					ok = w.saslauthd(b, "imap", "pamuser", "pamuserpw")
+				} else {
+					ok = w.login(b, "imap", "pamuser", "pamuserpw", "").ok()
+				}
+				if !ok {
+					b.Fatal("refused")
+				}
+			}
+		})
+	}
+}
+
+// TestPAMGenericFileOtherTypes: the generic file sets every module type,
+// so libpam takes nothing from "other": a session opens and closes, a
+// password change is refused (it belongs in the directory).
+func TestPAMGenericFileOtherTypes(t *testing.T) {
+	w := newPAMWorld(t)
+	w.startDaemon(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	w.sent("pamuserpw")
+	tx, err := pam.StartConfDir("imap", "pamuser", pam.ConversationFunc(func(s pam.Style, msg string) (string, error) {
+		if s == pam.PromptEchoOff {
+			return "pamuserpw", nil
+		}
+		return "", nil
+	}), w.confDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.End()
+	if err := tx.Authenticate(0); err != nil {
+		t.Fatalf("authenticate: %v", err)
+	}
+	if err := tx.AcctMgmt(0); err != nil {
+		t.Fatalf("acct_mgmt: %v", err)
+	}
+	if err := tx.OpenSession(0); err != nil {
+		t.Errorf("open_session: %v", err)
+	}
+	if err := tx.CloseSession(0); err != nil {
+		t.Errorf("close_session: %v", err)
+	}
+	if err := tx.ChangeAuthTok(0); err == nil {
+		t.Error("a password change was accepted")
+	}
+	lines := w.pamLogLines()
+	if len(lines) != 2 || !strings.Contains(lines[0], "type=auth") || !strings.Contains(lines[1], "type=account user=pamuser service=imap") {
+		t.Errorf("want one auth and one account line:\n%s", strings.Join(lines, "\n"))
+	}
+}

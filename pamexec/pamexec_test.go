@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -316,4 +318,33 @@ func FuzzParseEnv(f *testing.F) {
 			t.Fatalf("accepted PAM_TYPE %q", typ)
 		}
 	})
+}
+
+// TestIsDevNull: pam_exec without log= gives the program /dev/null as
+// stderr; that is when --syslog auto logs to syslog.
+func TestIsDevNull(t *testing.T) {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	file, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for _, tt := range []struct {
+		f    *os.File
+		want bool
+	}{{null, true}, {file, false}, {w, false}} {
+		if got := IsDevNull(tt.f); got != tt.want {
+			t.Errorf("IsDevNull(%s) = %v, want %v", tt.f.Name(), got, tt.want)
+		}
+	}
 }

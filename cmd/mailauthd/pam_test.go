@@ -640,3 +640,25 @@ func TestPAMGenericFileOtherTypes(t *testing.T) {
 		t.Errorf("want one auth and one account line:\n%s", strings.Join(lines, "\n"))
 	}
 }
+
+// TestPAMMainSetupErrors: what the program does before any decision: a bad
+// --syslog value is a usage error (2), an unreadable configuration a
+// temporary failure (111) with a log line.
+func TestPAMMainSetupErrors(t *testing.T) {
+	getenv := func(k string) string {
+		return map[string]string{"PAM_TYPE": "auth", "PAM_USER": "alice", "PAM_SERVICE": "imap"}[k]
+	}
+	run := func(args ...string) (int, string) {
+		var stderr bytes.Buffer
+		code := pamMain(args, io.Discard, pamIO{stderr: &stderr, stdin: strings.NewReader("pw"), getenv: getenv,
+			exit: func(int) { t.Error("watchdog fired") }, stderrIsNull: func() bool { return false }})
+		return code, stderr.String()
+	}
+	if code, _ := run("--syslog", "maybe"); code != exitUsage {
+		t.Errorf("--syslog maybe: exit %d, want %d", code, exitUsage)
+	}
+	code, log := run("--config", filepath.Join(t.TempDir(), "missing.yaml"))
+	if code != 111 || !strings.Contains(log, `msg="pam: configuration"`) || !strings.Contains(log, "exit=111") {
+		t.Errorf("missing configuration: exit %d, log %q", code, log)
+	}
+}

@@ -84,6 +84,8 @@ install: build man
 	  systemd-sysusers mailauthd.conf && systemd-tmpfiles --create mailauthd.conf && \
 	  chgrp mailauthd /etc/mailauthd/private; \
 	fi
+	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/mailauthd/pam.d packaging/pam.d/dovecot \
+	  packaging/pam.d/smtp packaging/pam.d/mailauthd
 
 # The Debian package: dpkg-buildpackage with debhelper (packaging/deb/debian),
 # from the same "make install" tree; lintian when installed.

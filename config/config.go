@@ -29,6 +29,7 @@ import (
 	"github.com/mailauthd/mailauthd/dovecot"
 	"github.com/mailauthd/mailauthd/ldapauth"
 	"github.com/mailauthd/mailauthd/pamcheck"
+	"github.com/mailauthd/mailauthd/pamexec"
 	"github.com/mailauthd/mailauthd/saslauthd"
 	"github.com/mailauthd/mailauthd/throttle"
 )
@@ -53,6 +54,7 @@ type File struct {
 	AuthHTTP      authhttp.Config       `yaml:"auth_http"`
 	Pamcheck      pamcheck.Config       `yaml:"pamcheck"`
 	Doctor        Doctor                `yaml:"doctor"`
+	PAM           pamexec.Config        `yaml:"pam"`
 	Log           Log                   `yaml:"log"`
 
 	// ldapSet records that the YAML document had an ldap: section, which
@@ -207,6 +209,7 @@ func Default() *File {
 		Checkpassword: checkpassword.Config{Timeout: checkpassword.DefaultTimeout},
 		Doctor:        Doctor{Upgrades: UpgradesWarn},
 		AuthHTTP:      authhttp.DefaultConfig(),
+		PAM:           pamexec.DefaultConfig(),
 		Log:           Log{Format: "text", Level: "info"},
 	}
 }
@@ -435,6 +438,8 @@ func section(goType string) string {
 		return "auth_http"
 	case "authhttp.Upstream":
 		return "auth_http.backends"
+	case "pamexec.Config":
+		return "pam"
 	}
 	return goType
 }
@@ -528,7 +533,7 @@ func (f *File) Validate() error {
 		bad("cache.ttl and cache.size must not be negative")
 	}
 	for _, err := range []error{f.Dovecot.Validate(), f.Checkpassword.Validate(), f.Pamcheck.Validate(), f.Throttle.Validate(),
-		f.AuthHTTP.Validate()} {
+		f.AuthHTTP.Validate(), f.PAM.Validate()} {
 		if err != nil {
 			bad("%v", err)
 		}

@@ -49,3 +49,25 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
+
+// TestPAMFilesShownInDocs: docs/pam.md shows each shipped pam.d file as it
+// is (the PAM tests run these files).
+func TestPAMFilesShownInDocs(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "pam.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob("pam.d/*")
+	if len(files) != 3 {
+		t.Fatalf("found %d pam.d files, want 3", len(files))
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(doc), "```\n"+string(data)+"```\n") {
+			t.Errorf("docs/pam.md does not show %s as it is", f)
+		}
+	}
+}

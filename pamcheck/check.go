@@ -179,6 +179,7 @@ func Check(sys *System, snap *Snapshot, cfg Config) []Finding {
 		}
 		checkRule(c, v, r)
 	}
+	checkMailauthd(c, sys, snap, views, cfg.Rules)
 	leftovers(c, sys, snap, views)
 
 	modeChanged := map[string]bool{}

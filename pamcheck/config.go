@@ -40,6 +40,9 @@ type Rule struct {
 	RequireAnyModule []string `yaml:"require_any_module"`
 	// ForbidModules must not be used in that type (e.g. pam_permit.so).
 	ForbidModules []string `yaml:"forbid_modules"`
+	// RequireMailauthd: that type's stack must run "mailauthd pam" through
+	// pam_exec.so (mailauthd's PAM front door).
+	RequireMailauthd bool `yaml:"require_mailauthd"`
 }
 
 // DefaultModuleDirs derives the module search list for this architecture:
@@ -104,8 +107,8 @@ func (c Config) Validate() error {
 		default:
 			return fmt.Errorf("pamcheck.rules[%d]: unknown type %q", i, r.Type)
 		}
-		if len(r.RequireAnyModule) == 0 && len(r.ForbidModules) == 0 {
-			return fmt.Errorf("pamcheck.rules[%d]: rule for %q checks nothing (set require_any_module or forbid_modules)", i, r.Service)
+		if len(r.RequireAnyModule) == 0 && len(r.ForbidModules) == 0 && !r.RequireMailauthd {
+			return fmt.Errorf("pamcheck.rules[%d]: rule for %q checks nothing (set require_any_module, forbid_modules or require_mailauthd)", i, r.Service)
 		}
 	}
 	return nil

@@ -33,6 +33,10 @@ type ServiceRecord struct {
 	Path  string   `json:"path"`
 	Dir   string   `json:"dir,omitempty"`
 	Files []string `json:"files,omitempty"` // the service file and everything it includes
+	// Mailauthd lists the module types (auth, account) that ran
+	// "mailauthd pam" through pam_exec.so: check reports a service that
+	// stops doing so.
+	Mailauthd []string `json:"mailauthd,omitempty"`
 }
 
 // FileRecord is one pam.d file as it was.
@@ -85,7 +89,7 @@ func TakeSnapshot(sys *System, cfg Config, now time.Time) (*Snapshot, error) {
 				return nil, fmt.Errorf("snapshot %s: %w", p, err)
 			}
 		}
-		snap.Services[name] = ServiceRecord{Path: v.Path, Dir: v.Dir, Files: uniq(v.Files)}
+		snap.Services[name] = ServiceRecord{Path: v.Path, Dir: v.Dir, Files: uniq(v.Files), Mailauthd: MailauthdTypes(v)}
 		for _, p := range v.Files {
 			if _, done := snap.Files[p]; done {
 				continue

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -193,11 +194,19 @@ func (s *Server) serveConn(c net.Conn) {
 	if maxField <= 0 {
 		maxField = DefaultMaxFieldSize
 	}
-	c.SetReadDeadline(time.Now().Add(s.ioTimeout()))
+	start := time.Now()
+	c.SetReadDeadline(start.Add(s.ioTimeout()))
 	r, err := readRequest(c, maxField)
 	if err != nil {
-		// No reply: the peer is not speaking this protocol, or gave up.
 		s.logger().Warn("control: bad request", "err", err)
+		if r.Magic && errors.Is(err, ErrFieldTooLong) {
+			// Our protocol, with a login or password longer than
+			// max_field_size: a refusal, as the saslauthd socket gives,
+			// not a temporary failure the client would retry.
+			s.refuseTooLong(c)
+		}
+		// Otherwise no reply: the peer is not speaking this protocol, or
+		// gave up.
 		return
 	}
 	timeout := s.RequestTimeout
@@ -208,6 +217,7 @@ func (s *Server) serveConn(c net.Conn) {
 	defer cancel()
 
 	var reply []byte
+	var v auth.Verdict
 	switch r.Op {
 	case OpFlush:
 		outcome, reason := "ok", "flushed"
@@ -216,7 +226,6 @@ func (s *Server) serveConn(c net.Conn) {
 		}
 		reply, err = appendVerdict(nil, outcome, auth.Verdict{Reason: reason})
 	default:
-		var v auth.Verdict
 		if r.Op == OpAuth {
 			v = s.Backend.Authenticate(ctx, r.Req)
 		} else {
@@ -237,6 +246,43 @@ func (s *Server) serveConn(c net.Conn) {
 	if _, err := c.Write(reply); err != nil {
 		s.logger().Warn("control: writing reply", "user", r.Req.User, "err", err)
 	}
+	if r.Op != OpFlush {
+		s.logDecision(r, v, time.Since(start))
+	}
+}
+
+// logDecision writes the one line per decision the saslauthd socket writes
+// too, with the client address the helper passed (Dovecot's remote IP).
+func (s *Server) logDecision(r request, v auth.Verdict, took time.Duration) {
+	level := slog.LevelInfo
+	if v.Outcome == auth.TempFail {
+		level = slog.LevelWarn
+	}
+	s.logger().LogAttrs(context.Background(), level, "control: decision",
+		slog.String("op", r.Op),
+		slog.String("user", r.Req.User),
+		slog.String("realm", r.Req.Realm),
+		slog.String("service", r.Req.Service),
+		slog.String("client", r.Req.ClientAddr),
+		slog.String("outcome", v.Outcome.String()),
+		slog.String("cause", v.Cause.String()),
+		slog.String("reason", v.Reason),
+		slog.Duration("duration", took))
+}
+
+// refuseTooLong answers a request whose field exceeds MaxFieldSize with a
+// refusal, then reads (a bounded amount of) what the client still sends, so
+// that closing does not reset the connection before it reads the answer.
+func (s *Server) refuseTooLong(c net.Conn) {
+	b, err := appendVerdict(nil, auth.Reject.String(), auth.Rejected(auth.CauseInvalid, "field too long"))
+	if err != nil {
+		return
+	}
+	c.SetWriteDeadline(time.Now().Add(s.ioTimeout()))
+	if _, err := c.Write(b); err != nil {
+		return
+	}
+	io.CopyN(io.Discard, c, 7*(maxCounted+2))
 }
 
 // Shutdown stops accepting, lets in-flight requests finish until ctx is

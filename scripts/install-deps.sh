@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
       libpam0g-dev libpam-modules openssl ca-certificates systemd
       389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime
-      dovecot-auth-lua lua-socket debootstrap)
+      dovecot-auth-lua lua-socket debootstrap lua5.4 dovecot-ldap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -222,7 +222,9 @@ function M.ask(op, req, password)
   local user, realm = M.split_realm(req.user or "")
   local msg, err = M.encode_request(op, user, password or "", req.service or "", realm, req.remote_ip or "")
   if msg == nil then
-    return nil, err
+    -- Longer than any counted string: no login can be that long, so a
+    -- refusal (the daemon refuses fields over server.max_field_size too).
+    return {outcome = "reject", cause = "invalid", reason = err, dn = "", fields = {}}
   end
   return M.exchange(msg)
 end

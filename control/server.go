@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -271,18 +270,16 @@ func (s *Server) logDecision(r request, v auth.Verdict, took time.Duration) {
 }
 
 // refuseTooLong answers a request whose field exceeds MaxFieldSize with a
-// refusal, then reads (a bounded amount of) what the client still sends, so
-// that closing does not reset the connection before it reads the answer.
+// refusal. The rest of the request stays unread: on a Unix socket the
+// reply already queued for the client survives our close (the client
+// reads it, then EOF), and a client waiting for our close must get it now.
 func (s *Server) refuseTooLong(c net.Conn) {
 	b, err := appendVerdict(nil, auth.Reject.String(), auth.Rejected(auth.CauseInvalid, "field too long"))
 	if err != nil {
 		return
 	}
 	c.SetWriteDeadline(time.Now().Add(s.ioTimeout()))
-	if _, err := c.Write(b); err != nil {
-		return
-	}
-	io.CopyN(io.Discard, c, 7*(maxCounted+2))
+	c.Write(b)
 }
 
 // Shutdown stops accepting, lets in-flight requests finish until ctx is

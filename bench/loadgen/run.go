@@ -44,6 +44,9 @@ type Result struct {
 	// steadier than requests/s, and it shows where the time goes.
 	DaemonCPUus float64 `json:"daemon_cpu_us,omitempty"`
 	SlapdCPUus  float64 `json:"slapd_cpu_us,omitempty"`
+	// DovecotCPUus is Dovecot's (master, auth, auth-workers and the
+	// checkpassword programs they ran), for the Dovecot rows.
+	DovecotCPUus float64 `json:"dovecot_cpu_us,omitempty"`
 	// ClientCPUus is this load generator's own CPU per request: on a small
 	// machine it shares the cores and bounds what any daemon can show.
 	ClientCPUus float64 `json:"client_cpu_us,omitempty"`
@@ -90,9 +93,9 @@ type doer interface {
 
 func runLoad(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	mode := fs.String("mode", "saslauthd", "saslauthd | bind | searchbind")
+	mode := fs.String("mode", "saslauthd", "saslauthd | bind | searchbind | dovecot")
 	label := fs.String("label", "", "row label in the results table")
-	socket := fs.String("socket", "", "saslauthd: socket path")
+	socket := fs.String("socket", "", "saslauthd: socket path; dovecot: Dovecot's auth-client socket")
 	url := fs.String("url", "", "bind, searchbind: ldap:// URL")
 	base := fs.String("base", "ou=people,dc=example,dc=org", "bind: users are uid=userN,BASE; searchbind: search base")
 	bindDN := fs.String("binddn", "", "searchbind: service account DN (empty: anonymous)")
@@ -111,6 +114,7 @@ func runLoad(args []string) error {
 	out := fs.String("out", "", "append the result as a JSON line to this file (and print it)")
 	cpuPIDs := fs.String("cpupids", "", "comma-separated PIDs of the daemon's processes, for CPU time per request")
 	slapdPID := fs.Int("slapdpid", 0, "PID of slapd, for its CPU time per request")
+	dovecotPGID := fs.Int("dovecotpgid", 0, "process group of Dovecot, for its CPU time per request")
 	fs.Parse(args)
 	if *conc < 1 || *users < 1 || *hot > *users {
 		return errors.New("run: need -c >= 1, -users >= 1, -hot <= -users")
@@ -132,6 +136,15 @@ func runLoad(args []string) error {
 		// hits at c=32: p50 0.13 ms, p99 19-21 ms with GOMAXPROCS=2;
 		// p50 0.8 ms, p99 3.2-3.4 ms with one P per client).
 		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), *conc+1))
+	case "dovecot":
+		if *socket == "" {
+			return errors.New("run: -socket required")
+		}
+		var cpid atomic.Int64
+		cpid.Store(int64(os.Getpid()) << 8)
+		newDoer = func() (doer, error) {
+			return newDovecotDoer(*socket, *service, int(cpid.Add(1)), *timeout)
+		}
 	case "bind":
 		newDoer = func() (doer, error) { return newBindDoer(*url, *base, *timeout) }
 	case "searchbind":
@@ -210,13 +223,13 @@ func runLoad(args []string) error {
 	}
 	time.Sleep(*warm)
 	self := []int{os.Getpid()}
-	d0, s0, c0 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self)
+	d0, s0, c0, v0 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self), pgroupTicks(*dovecotPGID)
 	measuring.Store(true)
 	start := time.Now()
 	time.Sleep(*dur)
 	measuring.Store(false)
 	elapsed := time.Since(start)
-	d1, s1, c1 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self)
+	d1, s1, c1, v1 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self), pgroupTicks(*dovecotPGID)
 	stop.Store(true)
 	wg.Wait()
 
@@ -240,6 +253,9 @@ func runLoad(args []string) error {
 		}
 		if *slapdPID > 0 {
 			res.SlapdCPUus = ticksToMicros(s1-s0) / float64(requests)
+		}
+		if *dovecotPGID > 0 {
+			res.DovecotCPUus = ticksToMicros(v1-v0) / float64(requests)
 		}
 	}
 	line, _ := json.Marshal(res)

@@ -150,6 +150,19 @@ function M.decode_reply(recv)
   return r
 end
 
+-- M.string_reader returns a recv(n) for M.decode_reply over a string.
+function M.string_reader(buf)
+  local pos = 1
+  return function(n)
+    if pos + n - 1 > #buf then
+      return nil, "reply cut short"
+    end
+    local s = buf:sub(pos, pos + n - 1)
+    pos = pos + n
+    return s
+  end
+end
+
 local function now()
   return require("socket").gettime()
 end
@@ -199,17 +212,20 @@ function M.exchange(request)
     end
     sent = n
   end
-  local reply, derr = M.decode_reply(function(n)
-    if not left() then
-      return nil, "timeout"
-    end
-    local data, rerr = c:receive(n)
-    if data == nil then
-      return nil, rerr
-    end
-    return data
-  end)
+  -- The daemon closes the connection after its reply: one receive takes it
+  -- all (luasocket returns what it read, as "partial", once the peer
+  -- closes), bounded by the reply limit and the time left.
+  if not left() then
+    return fail("receive", "timeout")
+  end
+  local data, rerr, partial = c:receive(MAX_REPLY + 1)
   c:close()
+  if data ~= nil then
+    return nil, "reply longer than " .. MAX_REPLY .. " bytes"
+  elseif rerr ~= "closed" then
+    return nil, "receive: " .. tostring(rerr)
+  end
+  local reply, derr = M.decode_reply(M.string_reader(partial))
   if reply == nil then
     return nil, derr
   end
@@ -220,7 +236,9 @@ end
 -- without.
 function M.ask(op, req, password)
   local user, realm = M.split_realm(req.user or "")
-  local msg, err = M.encode_request(op, user, password or "", req.service or "", realm, req.remote_ip or "")
+  -- 2.4 renamed the request's service to protocol (%{protocol}).
+  local service = req.protocol or req.service or ""
+  local msg, err = M.encode_request(op, user, password or "", service, realm, req.remote_ip or "")
   if msg == nil then
     -- Longer than any counted string: no login can be that long, so a
     -- refusal (the daemon refuses fields over server.max_field_size too).

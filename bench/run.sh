@@ -188,6 +188,7 @@ if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/modul
   mkdir -p "$work/bin" && cp "$bin" "$work/bin/mailauthd" && chmod 0755 "$work/bin" "$work/bin/mailauthd"
   chgrp dovecot "$work/service.pw" && chmod 0640 "$work/service.pw"
   chmod 0755 "$work/mailauthd" && chmod 0644 "$work/mailauthd/mailauthd.yaml"
+  start_dovecot dovecot-lua-noop -kind lua-noop
   start_dovecot dovecot-ldap -kind ldap -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw"
   start_dovecot dovecot-checkpassword -kind checkpassword -standalone -bin "$work/bin/mailauthd" -config "$work/mailauthd/mailauthd.yaml"
   start_dovecot dovecot-checkpassword-daemon -kind checkpassword -bin "$work/bin/mailauthd" -config "$work/mailauthd/mailauthd.yaml"

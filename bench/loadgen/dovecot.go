@@ -24,11 +24,12 @@ import (
 //	ldap                 Dovecot's own LDAP passdb (dovecot-ldap), auth_bind = yes
 //	checkpassword        passdb checkpassword running "mailauthd checkpassword"
 //	lua                  packaging/dovecot/mailauthd.lua asking a daemon
+//	lua-noop             a Lua passdb that accepts every login at once (the floor)
 //
 // auth_failure_delay is 0 and the auth cache off (the harness's defaults).
 func runDovecot(args []string) error {
 	fs := flag.NewFlagSet("dovecot", flag.ExitOnError)
-	kind := fs.String("kind", "", "ldap | checkpassword | lua")
+	kind := fs.String("kind", "", "ldap | checkpassword | lua | lua-noop")
 	ready := fs.String("ready", "", "file to write the auth-client socket and the process group to")
 	url := fs.String("url", "", "ldap: ldap:// URL")
 	base := fs.String("base", "ou=people,dc=example,dc=org", "ldap: search base")
@@ -68,6 +69,14 @@ func runDovecot(args []string) error {
 		// As docs/dovecot.md says: a Go program needs more address space
 		// than Dovecot's default 256M limit.
 		cfg.Extra = "service auth {\n  vsz_limit = 2G\n}\n"
+	case "lua-noop":
+		// The floor of any Lua passdb: Dovecot's auth process, its
+		// auth-worker and a Lua call that accepts at once.
+		s, err := dir.WriteFile("noop.lua", []byte(noopLua), 0o644)
+		if err != nil {
+			return err
+		}
+		cfg.PassdbUserdb = "passdb {\n  driver = lua\n  args = file=" + s.Dovecot + " blocking=yes\n}\n" + userdb
 	case "lua":
 		s, err := dir.CopyFile(*script, "mailauthd.lua")
 		if err != nil {
@@ -91,6 +100,12 @@ func runDovecot(args []string) error {
 	<-sig
 	return nil
 }
+
+// noopLua accepts every login without asking anyone: a reference row only.
+const noopLua = `function auth_password_verify(req, password)
+  return dovecot.auth.PASSDB_RESULT_OK, {user = req.user}
+end
+`
 
 // dovecotDoer is a login process's connection to Dovecot's auth-client
 // socket (src/lib-auth/auth-client-connection.c): one handshake, then one

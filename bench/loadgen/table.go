@@ -181,6 +181,7 @@ func printTable(w io.Writer, all []Result) {
 // Dovecot row labels (bench/run.sh), in table order.
 const (
 	labelDovecotLDAP     = "dovecot-ldap"
+	labelDovecotLuaNoop  = "dovecot-lua-noop" // the floor: a Lua passdb that asks nobody
 	labelDovecotCP       = "dovecot-checkpassword"
 	labelDovecotCPDaemon = "dovecot-checkpassword-daemon"
 	labelDovecotLua      = "dovecot-lua"
@@ -195,7 +196,7 @@ const (
 	targetLuaVsDovecotLDAP   = 1.0
 )
 
-var dovecotOrder = []string{labelDovecotLDAP, labelDovecotCP, labelDovecotCPDaemon, labelDovecotLua, labelDovecotLuaMir, labelDovecotLuaCache}
+var dovecotOrder = []string{labelDovecotLuaNoop, labelDovecotLDAP, labelDovecotCP, labelDovecotCPDaemon, labelDovecotLua, labelDovecotLuaMir, labelDovecotLuaCache}
 
 // printDovecotTable prints the logins through a real Dovecot auth process
 // and the ratios of the Lua rows against checkpassword and Dovecot's LDAP

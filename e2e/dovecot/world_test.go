@@ -305,3 +305,21 @@ func stripMechanisms(s string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestReadmeShowsTheTestedBlocks: the README's Dovecot blocks are the
+// tested ones of docs/dovecot.md, word for word (indented four spaces).
+func TestReadmeShowsTheTestedBlocks(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(repoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"lua-2.3", "lua-2.4"} {
+		var indented strings.Builder
+		for _, line := range strings.Split(strings.TrimRight(docBlock(t, name), "\n"), "\n") {
+			indented.WriteString("    " + line + "\n")
+		}
+		if !strings.Contains(string(readme), indented.String()) {
+			t.Errorf("README.md lacks docs/dovecot.md's %s block:\n%s", name, indented.String())
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -198,7 +199,7 @@ func (b *fakeBackend) count() int {
 }
 
 // startServer serves a control.Server with the fake backend.
-func startServer(t *testing.T) (string, *fakeBackend) {
+func startServer(t testing.TB) (string, *fakeBackend) {
 	t.Helper()
 	sock := filepath.Join(shortDir(t), "control")
 	l, err := net.Listen("unix", sock)
@@ -446,4 +447,22 @@ func TestNoDaemon(t *testing.T) {
 			t.Errorf("%s: took %s", sock, g.took)
 		}
 	}
+}
+
+// BenchmarkScript: the Lua side's CPU per login (connect, send, receive,
+// decode, and the full garbage collection Dovecot runs after each call)
+// against a real control.Server, in one lua5.4 process.
+func BenchmarkScript(b *testing.B) {
+	sock, _ := startServer(b)
+	cmd := exec.Command(lua(b), filepath.Join("testdata", "bench.lua"), "mailauthd.lua", strconv.Itoa(b.N))
+	cmd.Env = append(os.Environ(), "MAILAUTHD_SOCKET="+sock)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("lua5.4: %v\n%s", err, out)
+	}
+	us, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	if err != nil {
+		b.Fatalf("lua5.4 printed %q", out)
+	}
+	b.ReportMetric(us, "lua-cpu-us/op")
 }

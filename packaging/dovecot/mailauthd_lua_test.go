@@ -44,6 +44,9 @@ const (
 
 func lua(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs lua5.4: skipped in -short mode")
+	}
 	p, err := exec.LookPath("lua5.4")
 	if err != nil {
 		if os.Getenv("CI") != "" {

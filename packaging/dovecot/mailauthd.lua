@@ -293,7 +293,8 @@ function M.result(kind, req, reply, err)
       -- through only where nothing is verified (doveadm auth lookup, an
       -- LMTP proxy lookup); a mechanism that needs a password hash
       -- (CRAM-MD5, SCRAM) gets SCHEME_NOT_AVAILABLE (passdb.c,
-      -- passdb_handle_credentials). auth_lookup refuses those before.
+      -- passdb_handle_credentials); auth_passdb_lookup refuses those
+      -- itself first.
       fields.nopassword = "y"
     end
     return userdb and auth.USERDB_RESULT_OK or auth.PASSDB_RESULT_OK, fields
@@ -328,7 +329,7 @@ function auth_password_verify(req, password)
 end
 
 function auth_passdb_lookup(req)
-  if req.mechanism ~= nil and req.mechanism ~= "" then
+  if req.mechanism ~= nil and req.mechanism ~= "" and not req.skip_password_check then
     -- A login with a mechanism that needs the password hash (CRAM-MD5,
     -- DIGEST-MD5, SCRAM): mailauthd verifies passwords by LDAP bind and
     -- has none. Offer only PLAIN and LOGIN (auth_mechanisms).

@@ -68,6 +68,7 @@ install: build man
 	  packaging/systemd/mailauthd.socket packaging/systemd/mailauthd-control.socket \
 	  packaging/pamcheck/systemd/mailauthd-pamcheck.service \
 	  packaging/pamcheck/systemd/mailauthd-pamcheck.path packaging/pamcheck/systemd/mailauthd-pamcheck.timer
+	install -D -m 0644 packaging/dovecot/mailauthd.lua $(DESTDIR)$(PREFIX)/share/mailauthd/dovecot/mailauthd.lua
 	install -D -m 0644 packaging/sysusers.d/mailauthd.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/mailauthd.conf
 	install -D -m 0644 packaging/tmpfiles.d/mailauthd.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/mailauthd.conf
 	install -D -m 0644 packaging/pamcheck/apt/50mailauthd-pamcheck $(DESTDIR)/etc/apt/apt.conf.d/50mailauthd-pamcheck

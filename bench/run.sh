@@ -35,6 +35,9 @@ for tool in /usr/sbin/slapd /usr/sbin/saslauthd; do
 done
 
 work=$(mktemp -d /tmp/mailauthd-bench.XXXXXX)
+# Dovecot's auth process (user dovecot) runs checkpassword from here and
+# connects to the daemons' control sockets: the tree must be traversable.
+chmod 0755 "$work"
 pids=()
 cyrus_dirs=()
 cleanup() {
@@ -126,6 +129,7 @@ listen:
       mode: "0666"
   control:
     path: $dir/control
+    mode: "0666"
   http:
     - path: $dir/http
       mode: "0666"
@@ -174,6 +178,58 @@ if "$bin" serve --check --config <(printf 'ldap:\n  urls: [%s]\n  base: %s\n  mi
   sleep 2 # first mirror load
 fi
 
+# Dovecot rows (Dovecot 2.3's auth process, bench/loadgen dovecot): its own
+# LDAP passdb, checkpassword standalone and via the daemon, and the Lua
+# script via the daemon without cache, with the mirror, with the cache.
+# Needs root (Dovecot's master) and dovecot-core, dovecot-ldap,
+# dovecot-auth-lua, lua-socket.
+dovecots=()
+start_dovecot() { # start_dovecot NAME [loadgen dovecot flags...]
+  local name=$1; shift
+  "$lg" dovecot -ready "$work/$name.ready" "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  wait_for "$work/$name.ready" "$!" "Dovecot ($name)" || { cat "$work/$name.log" >&2; return 1; }
+  dovecots+=("$name")
+}
+if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/modules/auth/libauthdb_lua.so ] &&
+  [ -e /usr/lib/dovecot/modules/auth/libauthdb_ldap.so ] && /usr/sbin/dovecot --version | grep -q '^2\.3\.'; then
+  log "starting Dovecot 2.3 auth processes for the Dovecot rows"
+  # The checkpassword program runs as dovecot: its own copy of the binary,
+  # and (standalone) the service account's password file.
+  mkdir -p "$work/bin" && cp "$bin" "$work/bin/mailauthd" && chmod 0755 "$work/bin" "$work/bin/mailauthd"
+  chgrp dovecot "$work/service.pw" && chmod 0640 "$work/service.pw"
+  chmod 0755 "$work/mailauthd" && chmod 0644 "$work/mailauthd/mailauthd.yaml"
+  start_dovecot dovecot-lua-noop -kind lua-noop
+  start_dovecot dovecot-ldap -kind ldap -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw"
+  start_dovecot dovecot-checkpassword -kind checkpassword -standalone -bin "$work/bin/mailauthd" -config "$work/mailauthd/mailauthd.yaml"
+  start_dovecot dovecot-checkpassword-daemon -kind checkpassword -bin "$work/bin/mailauthd" -config "$work/mailauthd/mailauthd.yaml"
+  start_dovecot dovecot-lua -kind lua -socket "$work/mailauthd/control"
+  if [ -e "$work/mailauthd-mirror/control" ]; then
+    start_dovecot dovecot-lua-mirror -kind lua -socket "$work/mailauthd-mirror/control"
+  fi
+  start_dovecot dovecot-lua-cache -kind lua -socket "$work/mailauthd-cache/control"
+else
+  log "no Dovecot rows: they need root and Dovecot 2.3 with dovecot-ldap and dovecot-auth-lua (scripts/install-deps.sh)"
+fi
+# The daemon behind each Dovecot row ("" for none).
+dovecot_daemon() {
+  case $1 in
+    dovecot-checkpassword-daemon | dovecot-lua) echo mailauthd ;;
+    dovecot-lua-mirror) echo mailauthd-mirror ;;
+    dovecot-lua-cache) echo mailauthd-cache ;;
+  esac
+}
+dovecot_flags() { # dovecot_flags NAME: loadgen flags for a Dovecot row
+  local sock pgid d
+  read -r sock pgid <"$work/$1.ready"
+  echo "-mode dovecot -service imap -socket $sock -dovecotpgid $pgid -slapdpid $slapd_pid"
+  d=$(dovecot_daemon "$1")
+  if [ -n "$d" ]; then echo "-cpupids $(cat "$work/$d/pid")"; fi
+}
+# Dovecot 2.3 holds every failed login for its 500 ms failure timer even with
+# auth_failure_delay = 0, so the Dovecot rows send good passwords only.
+dovecot_load=(-users "$users" -hot 100 -hotfrac 0.9 -wrong 0 -d "$dur" -warmup "$warm")
+
 slapd_pid=$(cat "$work/slapd/slapd.pid")
 cyrus_pids() { # the master and its workers
   local m; m=$(cat "$work/$1/saslauthd.pid")
@@ -201,6 +257,10 @@ for c in $concs; do
   for d in mailauthd mailauthd-cache; do
     # shellcheck disable=SC2046
     cell "${d/mailauthd/auth_http}" "$c" -mode http $(daemon "$d" | sed "s|$work/$d/mux|$work/$d/http|") "${load[@]}"
+  done
+  for d in "${dovecots[@]}"; do
+    # shellcheck disable=SC2046 # word splitting wanted: dovecot_flags prints flags
+    cell "$d" "$c" $(dovecot_flags "$d") "${dovecot_load[@]}"
   done
 done
 

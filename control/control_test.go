@@ -301,16 +301,29 @@ func TestBadRequestsAreDropped(t *testing.T) {
 		out, _ := io.ReadAll(conn)
 		return out
 	}
-	long, _ := appendRequest(nil, OpAuth, auth.Request{User: strings.Repeat("u", 17), Password: "p"})
 	badOp, _ := appendRequest(nil, "delete", auth.Request{User: "u"})
 	saslauthd := []byte("\x00\x05alice\x00\x02pw\x00\x04imap\x00\x00")
 	for name, msg := range map[string][]byte{
-		"field too long": long, "unknown op": badOp, "saslauthd request": saslauthd,
+		"unknown op": badOp, "saslauthd request": saslauthd,
 		"truncated":          []byte("\x00\x04MAC2\x00\x04au"),
 		"protocol version 1": []byte("\x00\x04MAC1\x00\x04auth\x00\x01u\x00\x01p\x00\x00\x00\x00\x00\x00"),
+		"magic too long":     []byte("\xff\xffMAC2"),
 	} {
 		if out := send(msg); len(out) != 0 {
 			t.Errorf("%s: got reply %q, want the connection closed", name, out)
+		}
+	}
+	// Our protocol with a field over MaxFieldSize (a very long password):
+	// a refusal, as the saslauthd socket gives, not a temporary failure.
+	for name, req := range map[string]auth.Request{
+		"user too long":     {User: strings.Repeat("u", 17), Password: "p"},
+		"password too long": {User: "u", Password: strings.Repeat("p", 5000)},
+	} {
+		msg, _ := appendRequest(nil, OpAuth, req)
+		out := send(msg)
+		outcome, v, err := readVerdict(bytes.NewReader(out))
+		if err != nil || outcome != "reject" || v.Cause != auth.CauseInvalid {
+			t.Errorf("%s: reply %q (%v), want reject/invalid", name, out, err)
 		}
 	}
 	b.mu.Lock()
@@ -399,3 +412,45 @@ func FuzzReadRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestDecisionLog: one line per decision, with what the helper passed
+// (the client address Dovecot saw) and never the password.
+func TestDecisionLog(t *testing.T) {
+	var logBuf bytes.Buffer
+	var mu sync.Mutex
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logBuf.Write(p) })
+	b := &backend{verdicts: map[string]auth.Verdict{"auth:alice": auth.Accepted("uid=alice", nil)}}
+	path := startServer(t, &Server{Backend: b, Logger: slog.New(slog.NewTextHandler(w, nil))})
+	c := &Client{Path: path, Timeout: 3 * time.Second}
+	ctx := context.Background()
+	c.Authenticate(ctx, auth.Request{User: "alice", Password: "s3cret-pw", Service: "imap", ClientAddr: "192.0.2.7"})
+	c.Lookup(ctx, auth.Request{User: "bob", Realm: "example.org", Service: "lmtp"})
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		mu.Lock()
+		got := logBuf.String()
+		mu.Unlock()
+		want := []string{
+			"msg=\"control: decision\" user=alice realm=\"\" service=imap client=192.0.2.7 outcome=accept cause=\"\" reason=ok op=auth",
+			"msg=\"control: decision\" user=bob realm=example.org service=lmtp client=\"\" outcome=reject cause=unknown_user reason=\"no such user\" op=lookup",
+		}
+		ok := true
+		for _, s := range want {
+			ok = ok && strings.Contains(got, s)
+		}
+		if ok {
+			if strings.Contains(got, "s3cret-pw") {
+				t.Fatalf("password in the log:\n%s", got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log lacks %q:\n%s", want, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

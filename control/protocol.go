@@ -19,6 +19,20 @@
 // verdict's auth.Cause name ("unknown_user", "wrong_password", "policy",
 // ...; empty on accept). The fields of an accept are Dovecot's passdb and
 // userdb fields, "user" first, mapped by the daemon. Counts are decimal.
+//
+// Clients split "name@domain" at the last '@' into user and realm
+// (auth.Request.SplitRealm) before sending; client-addr is the client's IP
+// as the mail server saw it ("" when unknown), logged with the decision.
+// A request field longer than the server's MaxFieldSize is answered
+// "reject" with cause "invalid"; any other malformed request gets no reply.
+// The server closes the connection after its reply.
+//
+// The Dovecot Lua script (packaging/dovecot/mailauthd.lua) speaks this with
+// luasocket: string.pack(">s2", s) per item, one send, then reads counted
+// strings until n-fields pairs are in, at most MaxReplySize bytes and
+// MaxFields fields, all within its timeout; anything else (wrong magic, an
+// unknown outcome, a count that is not canonical decimal, EOF) is a broken
+// reply and a temporary failure. It never sends "flush".
 package control
 
 import (
@@ -100,6 +114,9 @@ func readCounted(r io.Reader, max int) (string, error) {
 type request struct {
 	Op  string
 	Req auth.Request
+	// Magic is set once the magic was read: the peer speaks this
+	// protocol, even when a later field is wrong.
+	Magic bool
 }
 
 func appendRequest(dst []byte, op string, req auth.Request) ([]byte, error) {
@@ -117,7 +134,7 @@ func readRequest(r io.Reader, maxField int) (request, error) {
 	for i := range f {
 		s, err := readCounted(r, maxField)
 		if err != nil {
-			return request{}, err
+			return request{Magic: i > 0}, err
 		}
 		f[i] = s
 		if i == 0 && s != magic {
@@ -129,7 +146,7 @@ func readRequest(r io.Reader, maxField int) (request, error) {
 	default:
 		return request{}, fmt.Errorf("%w: unknown op %q", ErrProtocol, f[1])
 	}
-	return request{Op: f[1], Req: auth.Request{User: f[2], Password: f[3], Service: f[4], Realm: f[5], ClientAddr: f[6]}}, nil
+	return request{Op: f[1], Magic: true, Req: auth.Request{User: f[2], Password: f[3], Service: f[4], Realm: f[5], ClientAddr: f[6]}}, nil
 }
 
 // causes maps the names on the wire back to causes.

@@ -193,11 +193,19 @@ func (s *Server) serveConn(c net.Conn) {
 	if maxField <= 0 {
 		maxField = DefaultMaxFieldSize
 	}
-	c.SetReadDeadline(time.Now().Add(s.ioTimeout()))
+	start := time.Now()
+	c.SetReadDeadline(start.Add(s.ioTimeout()))
 	r, err := readRequest(c, maxField)
 	if err != nil {
-		// No reply: the peer is not speaking this protocol, or gave up.
 		s.logger().Warn("control: bad request", "err", err)
+		if r.Magic && errors.Is(err, ErrFieldTooLong) {
+			// Our protocol, with a login or password longer than
+			// max_field_size: a refusal, as the saslauthd socket gives,
+			// not a temporary failure the client would retry.
+			s.refuseTooLong(c)
+		}
+		// Otherwise no reply: the peer is not speaking this protocol, or
+		// gave up.
 		return
 	}
 	timeout := s.RequestTimeout
@@ -208,6 +216,7 @@ func (s *Server) serveConn(c net.Conn) {
 	defer cancel()
 
 	var reply []byte
+	var v auth.Verdict
 	switch r.Op {
 	case OpFlush:
 		outcome, reason := "ok", "flushed"
@@ -216,15 +225,12 @@ func (s *Server) serveConn(c net.Conn) {
 		}
 		reply, err = appendVerdict(nil, outcome, auth.Verdict{Reason: reason})
 	default:
-		start := time.Now()
-		var v auth.Verdict
 		if r.Op == OpAuth {
 			v = s.Backend.Authenticate(ctx, r.Req)
 		} else {
 			r.Req.Password = ""
 			v = s.Backend.Lookup(ctx, r.Req)
 		}
-		s.logDecision(r, v, time.Since(start))
 		if v.Outcome != auth.Accept && v.Delay > 0 {
 			// The throttle's delay, within the request's deadline.
 			t := time.NewTimer(v.Delay)
@@ -248,6 +254,42 @@ func (s *Server) serveConn(c net.Conn) {
 	if _, err := c.Write(reply); err != nil {
 		s.logger().Warn("control: writing reply", "user", r.Req.User, "err", err)
 	}
+	if r.Op != OpFlush {
+		s.logDecision(r, v, time.Since(start))
+	}
+}
+
+// logDecision writes the one line per decision the saslauthd socket writes
+// too, with the client address the helper passed (Dovecot's remote IP).
+func (s *Server) logDecision(r request, v auth.Verdict, took time.Duration) {
+	level := slog.LevelInfo
+	if v.Outcome == auth.TempFail {
+		level = slog.LevelWarn
+	}
+	// The field order is the saslauthd line's: packaging/fail2ban reads it.
+	s.logger().LogAttrs(context.Background(), level, "control: decision",
+		slog.String("user", r.Req.User),
+		slog.String("realm", r.Req.Realm),
+		slog.String("service", r.Req.Service),
+		slog.String("client", r.Req.ClientAddr),
+		slog.String("outcome", v.Outcome.String()),
+		slog.String("cause", v.Cause.String()),
+		slog.String("reason", v.Reason),
+		slog.String("op", r.Op),
+		slog.Duration("duration", took))
+}
+
+// refuseTooLong answers a request whose field exceeds MaxFieldSize with a
+// refusal. The rest of the request stays unread: on a Unix socket the
+// reply already queued for the client survives our close (the client
+// reads it, then EOF), and a client waiting for our close must get it now.
+func (s *Server) refuseTooLong(c net.Conn) {
+	b, err := appendVerdict(nil, auth.Reject.String(), auth.Rejected(auth.CauseInvalid, "field too long"))
+	if err != nil {
+		return
+	}
+	c.SetWriteDeadline(time.Now().Add(s.ioTimeout()))
+	c.Write(b)
 }
 
 // Shutdown stops accepting, lets in-flight requests finish until ctx is
@@ -277,24 +319,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
-}
-
-// logDecision writes one line per decision, as every front door does: the
-// helpers behind this socket (Dovecot's Lua script, pam) log nowhere the
-// admin reads with the daemon's lines, and fail2ban reads these.
-func (s *Server) logDecision(r request, v auth.Verdict, took time.Duration) {
-	level := slog.LevelInfo
-	if v.Outcome == auth.TempFail {
-		level = slog.LevelWarn
-	}
-	s.logger().LogAttrs(context.Background(), level, "control: decision",
-		slog.String("user", r.Req.User),
-		slog.String("realm", r.Req.Realm),
-		slog.String("service", r.Req.Service),
-		slog.String("client", r.Req.ClientAddr),
-		slog.String("outcome", v.Outcome.String()),
-		slog.String("cause", v.Cause.String()),
-		slog.String("reason", v.Reason),
-		slog.String("op", r.Op),
-		slog.Duration("duration", took))
 }

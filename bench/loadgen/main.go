@@ -5,6 +5,7 @@
 //
 //	loadgen slapd -dir DIR -users N -ready FILE   run a test slapd until SIGTERM
 //	loadgen run -mode saslauthd -socket PATH ...   one measurement, appended as JSON
+//	loadgen dovecot -kind ldap|checkpassword|lua -ready FILE ...   run a Dovecot 2.3 until SIGTERM
 //	loadgen table -in FILE                         the results table with ratios
 //
 // Every answer is checked: a good password must get OK (or an LDAP bind
@@ -29,6 +30,8 @@ func main() {
 		err = runLoad(os.Args[2:])
 	case "table":
 		err = runTable(os.Args[2:])
+	case "dovecot":
+		err = runDovecot(os.Args[2:])
 	default:
 		usage()
 	}
@@ -39,6 +42,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen slapd|run|table [flags]  (-h for each)")
+	fmt.Fprintln(os.Stderr, "usage: loadgen slapd|run|dovecot|table [flags]  (-h for each)")
 	os.Exit(2)
 }

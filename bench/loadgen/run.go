@@ -46,6 +46,9 @@ type Result struct {
 	// steadier than requests/s, and it shows where the time goes.
 	DaemonCPUus float64 `json:"daemon_cpu_us,omitempty"`
 	SlapdCPUus  float64 `json:"slapd_cpu_us,omitempty"`
+	// DovecotCPUus is Dovecot's (master, auth, auth-workers and the
+	// checkpassword programs they ran), for the Dovecot rows.
+	DovecotCPUus float64 `json:"dovecot_cpu_us,omitempty"`
 	// ClientCPUus is this load generator's own CPU per request: on a small
 	// machine it shares the cores and bounds what any daemon can show.
 	ClientCPUus float64 `json:"client_cpu_us,omitempty"`
@@ -92,9 +95,9 @@ type doer interface {
 
 func runLoad(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	mode := fs.String("mode", "saslauthd", "saslauthd | http | bind | searchbind")
+	mode := fs.String("mode", "saslauthd", "saslauthd | http | bind | searchbind | dovecot")
 	label := fs.String("label", "", "row label in the results table")
-	socket := fs.String("socket", "", "saslauthd, http: socket path")
+	socket := fs.String("socket", "", "saslauthd, http: socket path; dovecot: Dovecot's auth-client socket")
 	url := fs.String("url", "", "bind, searchbind: ldap:// URL")
 	base := fs.String("base", "ou=people,dc=example,dc=org", "bind: users are uid=userN,BASE; searchbind: search base")
 	bindDN := fs.String("binddn", "", "searchbind: service account DN (empty: anonymous)")
@@ -116,6 +119,7 @@ func runLoad(args []string) error {
 	addr := fs.String("addr", "", "saslauthd: client address sent as the fifth field, e.g. 203.0.113.5;40000")
 	distinct := fs.Bool("distinct", false, "every wrong password a new one (an attacker's guesses), not the same wrong one per user")
 	stalled := fs.Int("stall", 0, "saslauthd: open this many connections that send one byte and stall, before measuring")
+	dovecotPGID := fs.Int("dovecotpgid", 0, "process group of Dovecot, for its CPU time per request")
 	fs.Parse(args)
 	if *conc < 1 || *users < 1 || *hot > *users {
 		return errors.New("run: need -c >= 1, -users >= 1, -hot <= -users")
@@ -156,6 +160,15 @@ func runLoad(args []string) error {
 		}
 		newDoer = func() (doer, error) { return &httpDoer{path: *socket, protocol: *service, timeout: *timeout}, nil }
 		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), *conc+1)) // as for saslauthd
+	case "dovecot":
+		if *socket == "" {
+			return errors.New("run: -socket required")
+		}
+		var cpid atomic.Int64
+		cpid.Store(int64(os.Getpid()) << 8)
+		newDoer = func() (doer, error) {
+			return newDovecotDoer(*socket, *service, int(cpid.Add(1)), *timeout)
+		}
 	case "bind":
 		newDoer = func() (doer, error) { return newBindDoer(*url, *base, *timeout) }
 	case "searchbind":
@@ -238,13 +251,13 @@ func runLoad(args []string) error {
 	}
 	time.Sleep(*warm)
 	self := []int{os.Getpid()}
-	d0, s0, c0 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self)
+	d0, s0, c0, v0 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self), pgroupTicks(*dovecotPGID)
 	measuring.Store(true)
 	start := time.Now()
 	time.Sleep(*dur)
 	measuring.Store(false)
 	elapsed := time.Since(start)
-	d1, s1, c1 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self)
+	d1, s1, c1, v1 := cpuTicks(daemonPIDs), cpuTicks([]int{*slapdPID}), cpuTicks(self), pgroupTicks(*dovecotPGID)
 	stop.Store(true)
 	wg.Wait()
 
@@ -268,6 +281,9 @@ func runLoad(args []string) error {
 		}
 		if *slapdPID > 0 {
 			res.SlapdCPUus = ticksToMicros(s1-s0) / float64(requests)
+		}
+		if *dovecotPGID > 0 {
+			res.DovecotCPUus = ticksToMicros(v1-v0) / float64(requests)
 		}
 	}
 	line, _ := json.Marshal(res)

@@ -69,15 +69,18 @@ func runTable(args []string) error {
 var rowOrder = []string{"ldap-bind", "ldap-search+bind", labelCyrus, labelMine, labelNoThrottle, labelHTTP, labelMineMirror, labelCyrusCache, labelMineCache, labelHTTPCache}
 
 func printTable(w io.Writer, all []Result) {
-	var results, security []Result
+	var results, security, dovecotRows []Result
 	for _, r := range all {
 		switch {
 		case strings.HasPrefix(r.Label, "attack"), strings.HasPrefix(r.Label, "spray"), strings.HasPrefix(r.Label, "slowloris"):
 			security = append(security, r)
+		case strings.HasPrefix(r.Label, "dovecot-"):
+			dovecotRows = append(dovecotRows, r)
 		case !strings.HasPrefix(r.Label, "mem:"):
 			results = append(results, r)
 		}
 	}
+	defer printDovecotTable(w, dovecotRows)
 	rank := func(label string) int {
 		if i := slices.Index(rowOrder, label); i >= 0 {
 			return i
@@ -217,5 +220,103 @@ func printTable(w io.Writer, all []Result) {
 		}
 		fmt.Fprintf(w, "  peak %.1f MB, target <= 50 MB: %s; RSS change from the full cache to the last step %+.1f MB\n",
 			float64(peak)/1024, verdict(peak <= targetRSSkB), float64(last.RSSkB-first.RSSkB)/1024)
+	}
+}
+
+// Dovecot row labels (bench/run.sh), in table order.
+const (
+	labelDovecotLDAP     = "dovecot-ldap"
+	labelDovecotLuaNoop  = "dovecot-lua-noop" // the floor: a Lua passdb that asks nobody
+	labelDovecotCP       = "dovecot-checkpassword"
+	labelDovecotCPDaemon = "dovecot-checkpassword-daemon"
+	labelDovecotLua      = "dovecot-lua"
+	labelDovecotLuaMir   = "dovecot-lua-mirror"
+	labelDovecotLuaCache = "dovecot-lua-cache"
+)
+
+// Targets from issue 13: Lua via the daemon against checkpassword and
+// against Dovecot's own LDAP passdb, at c=8 and c=32.
+const (
+	targetLuaVsCheckpassword = 5.0
+	targetLuaVsDovecotLDAP   = 1.0
+)
+
+var dovecotOrder = []string{labelDovecotLuaNoop, labelDovecotLDAP, labelDovecotCP, labelDovecotCPDaemon, labelDovecotLua, labelDovecotLuaMir, labelDovecotLuaCache}
+
+// printDovecotTable prints the logins through a real Dovecot auth process
+// and the ratios of the Lua rows against checkpassword and Dovecot's LDAP
+// passdb.
+func printDovecotTable(w io.Writer, rows []Result) {
+	if len(rows) == 0 {
+		return
+	}
+	rank := func(label string) int {
+		if i := slices.Index(dovecotOrder, label); i >= 0 {
+			return i
+		}
+		return len(dovecotOrder)
+	}
+	slices.SortStableFunc(rows, func(a, b Result) int {
+		return cmp.Or(cmp.Compare(rank(a.Label), rank(b.Label)), cmp.Compare(a.Concurrency, b.Concurrency))
+	})
+	fmt.Fprintln(w, "\nLogins through Dovecot 2.3's auth process (auth-client protocol, AUTH PLAIN, good passwords):")
+	fmt.Fprintf(w, "| %-28s | %3s | %8s | %7s | %7s | %7s | %6s | %13s | %11s | %9s | %10s |\n",
+		"passdb", "c", "logins/s", "p50 ms", "p99 ms", "max ms", "errors", "mailauthd CPU", "Dovecot CPU", "slapd CPU", "client CPU")
+	fmt.Fprintf(w, "| %-28s | %3s | %8s | %7s | %7s | %7s | %6s | %13s | %11s | %9s | %10s |\n",
+		"", "", "", "", "", "", "", "us/login", "us/login", "us/login", "us/login")
+	fmt.Fprintf(w, "|%s|----:|---------:|--------:|--------:|--------:|-------:|--------------:|------------:|----------:|-----------:|\n", strings.Repeat("-", 30))
+	opt := func(v float64) string {
+		if v <= 0 {
+			return ""
+		}
+		return fmt.Sprintf("%.0f", v)
+	}
+	for _, r := range rows {
+		fmt.Fprintf(w, "| %-28s | %3d | %8.0f | %7.2f | %7.2f | %7.1f | %6d | %13s | %11s | %9s | %10s |\n",
+			r.Label, r.Concurrency, r.RPS, r.P50ms, r.P99ms, r.MaxMs, r.Errors,
+			opt(r.DaemonCPUus), opt(r.DovecotCPUus), opt(r.SlapdCPUus), opt(r.ClientCPUus))
+	}
+	for _, r := range rows {
+		if r.Errors > 0 {
+			fmt.Fprintf(w, "\n%s c=%d: %d errors (%d wrong answers); first: %s", r.Label, r.Concurrency, r.Errors, r.Mismatches, r.FirstError)
+		}
+	}
+	find := func(label string, c int) *Result {
+		for i := range rows {
+			if rows[i].Label == label && rows[i].Concurrency == c {
+				return &rows[i]
+			}
+		}
+		return nil
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	fmt.Fprintln(w, "\n\nRatios measured in this run (logins/s, same slapd, same Dovecot, same load):")
+	for _, lua := range []string{labelDovecotLua, labelDovecotLuaMir, labelDovecotLuaCache} {
+		for _, c := range []int{1, 8, 32} {
+			l := find(lua, c)
+			if l == nil {
+				continue
+			}
+			for _, other := range []struct {
+				label  string
+				target float64
+			}{{labelDovecotCP, targetLuaVsCheckpassword}, {labelDovecotCPDaemon, targetLuaVsCheckpassword}, {labelDovecotLDAP, targetLuaVsDovecotLDAP}} {
+				o := find(other.label, c)
+				if o == nil || o.RPS == 0 {
+					continue
+				}
+				ratio := l.RPS / o.RPS
+				target := ""
+				if c != 1 {
+					target = fmt.Sprintf("   target >= %.0fx: %s", other.target, verdict(ratio >= other.target && l.Errors == 0))
+				}
+				fmt.Fprintf(w, "  %-18s / %-28s c=%-2d %6.2fx%s\n", lua, other.label, c, ratio, target)
+			}
+		}
 	}
 }

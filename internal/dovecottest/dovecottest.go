@@ -265,6 +265,10 @@ func groupAlive(pgid int) bool {
 	return false
 }
 
+// PGID is the process group of the master and every process it started
+// (for measuring their CPU time).
+func (d *Dovecot) PGID() int { return d.cmd.Process.Pid }
+
 // Log is Dovecot's log file (log_path) so far.
 func (d *Dovecot) Log() string {
 	b, _ := os.ReadFile(d.Dir.Path("dovecot.log").Host)

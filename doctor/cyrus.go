@@ -31,6 +31,9 @@ func (c *checker) checkCyrus() {
 		return
 	}
 	c.checkMechList(AreaCyrus, "sasl_mech_list", opts, file)
+	if vd, ok := opts["virtdomains"]; ok && cyrusVirtdomains(vd.Value) {
+		c.checkRealms(AreaCyrus, "Cyrus imapd has virtdomains: "+vd.Value+" (mailboxes per domain, logins as name@domain)", file, vd.Line)
+	}
 	c.checkSaslPlugins(AreaCyrus)
 	sp, ok := opts["sasl_saslauthd_path"]
 	path := sp.Value

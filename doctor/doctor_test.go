@@ -569,3 +569,69 @@ func TestRunDoesNotNeedATree(t *testing.T) {
 	want(t, r, "dovecot-absent", Info)
 	want(t, r, "cyrus-absent", Info)
 }
+
+// A realm-blind search on a host whose mail server keeps mailboxes per
+// domain is a lockout (one domain served) or a shared identity (several).
+func TestRealmBlindSearch(t *testing.T) {
+	const cyrusConf = "configdirectory: /var/lib/cyrus\nsasl_pwcheck_method: saslauthd\nsasl_saslauthd_path: /run/mailauthd/mux\nvirtdomains: userid\n"
+	for _, tc := range []struct {
+		name     string
+		ldap     string // appended to goodLDAP
+		extra    string // appended to mailauthd.yaml
+		imapd    string // "" = the good tree's
+		mailConf string // conf.d/10-mail.conf, "" = none
+		code     string // "" = no realm finding
+		sev      Severity
+		path     string
+		line     int
+		says     []string
+	}{
+		{name: "cyrus virtdomains, default filter", imapd: cyrusConf,
+			code: "realm-blind", sev: Warning, path: "/etc/imapd.conf", line: 4,
+			says: []string{"virtdomains: userid", "(uid=%u)", "no domain is served"}},
+		{name: "cyrus virtdomains, one domain listed", imapd: cyrusConf, extra: "access:\n  realms: [corp.test]\n",
+			code: "realm-blind", sev: Warning, says: []string{"only corp.test is served"}},
+		{name: "cyrus virtdomains, two domains share the entries", imapd: cyrusConf,
+			ldap: "  default_realm: corp.test\n", extra: "access:\n  realms: [other.test]\n",
+			code: "realm-blind-shared", sev: Critical, says: []string{"corp.test, other.test", "one password opens"}},
+		{name: "cyrus virtdomains, filter uses the domain", imapd: cyrusConf, ldap: "  filter: (mail=%u@%d)\n"},
+		{name: "cyrus virtdomains, realm in the search", imapd: cyrusConf, ldap: "  filter: (&(uid=%u)(associatedDomain=%r))\n"},
+		{name: "cyrus virtdomains, realm attribute", imapd: cyrusConf, extra: "access:\n  realm_attribute: mail\n"},
+		{name: "cyrus virtdomains off", imapd: strings.Replace(cyrusConf, "userid", "off", 1)},
+		{name: "dovecot 2.3 mail_location per domain", mailConf: "mail_location = maildir:/var/vmail/%d/%n\n",
+			code: "realm-blind", sev: Warning, path: "/etc/dovecot/conf.d/10-mail.conf", line: 1,
+			says: []string{"mail_location = maildir:/var/vmail/%d/%n"}},
+		{name: "dovecot 2.3 lower-cased domain", mailConf: "mail_location = maildir:/var/vmail/%Ld/%Ln\n", code: "realm-blind", sev: Warning},
+		{name: "dovecot 2.4 mail_path per domain", mailConf: "mail_path = /var/vmail/%{user | domain}/%{user | username}\n", code: "realm-blind", sev: Warning},
+		{name: "dovecot userdb home per domain", mailConf: "userdb {\n  driver = static\n  args = uid=vmail gid=vmail home=/var/vmail/%d/%n\n}\n",
+			code: "realm-blind", sev: Warning, line: 3},
+		{name: "dovecot one domain", mailConf: "mail_location = maildir:/var/vmail/%n\n"},
+		{name: "dovecot per domain, filter uses it", ldap: "  filter: (mail=%u@%d)\n", mailConf: "mail_location = maildir:/var/vmail/%d/%n\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := good(t)
+			tr.write("/etc/mailauthd/mailauthd.yaml", 0o644, 0, 0, mailauthdYAML(goodLDAP+tc.ldap)+tc.extra)
+			if tc.imapd != "" {
+				tr.write("/etc/imapd.conf", 0o644, 0, 0, tc.imapd)
+			}
+			if tc.mailConf != "" {
+				tr.write("/etc/dovecot/conf.d/10-mail.conf", 0o644, 0, 0, tc.mailConf)
+			}
+			r := tr.check(Options{})
+			want(t, r, "config-ok", Info)
+			if tc.code == "" {
+				wantNo(t, r, "realm-blind", "realm-blind-shared")
+				return
+			}
+			f := want(t, r, tc.code, tc.sev)
+			if tc.path != "" && f.Path != tc.path {
+				t.Errorf("path %q, want %q", f.Path, tc.path)
+			}
+			if tc.line != 0 && f.Line != tc.line {
+				t.Errorf("line %d, want %d", f.Line, tc.line)
+			}
+			contain(t, "message", f.Message, tc.says...)
+			contain(t, "fix", f.Fix, "%d", "access.realm_attribute")
+		})
+	}
+}

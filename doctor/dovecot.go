@@ -415,6 +415,11 @@ func (c *checker) checkDovecot(ctx context.Context) {
 			c.checkDovecotLua(dc, db, script, file, line, verDesc)
 		}
 	}
+	if used {
+		if k, v := dc.multiDomain(); k != "" {
+			c.checkRealms(AreaDovecot, fmt.Sprintf("%s: %s = %s keeps mailboxes per domain", verDesc, k, v.Value), v.File, v.Line)
+		}
+	}
 	if !used {
 		c.add(Finding{Severity: Info, Area: AreaDovecot, Code: "dovecot-not-mailauthd", Path: dc.File,
 			Message: verDesc + ": no passdb or userdb uses mailauthd (checkpassword or the Lua adapter)"})

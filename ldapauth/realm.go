@@ -66,6 +66,17 @@ func (r realmRule) blind() bool {
 	return !r.bindsRealm && !r.bindsDomain && r.attr == ""
 }
 
+// BindsRealms reports whether cfg and access can bind a login's realm to
+// the entry found (the search uses the realm or the login's domain, or
+// access.realm_attribute is set). When false, only the domains listed in
+// access.realms and ldap.default_realm are served, and every one of them
+// reaches the same entries: "mailauthd doctor" flags that on a host whose
+// mail server serves several domains.
+func BindsRealms(cfg Config, access AccessConfig) bool {
+	r, err := newRealmRule(cfg, access)
+	return err == nil && !r.blind()
+}
+
 // check decides whether realm (as the request carries it, "" for none) is
 // bound to entry; why explains it for --explain and the log.
 func (r realmRule) check(realm string, tv *tokenValues, entry *ldap.Entry) (ok bool, why string) {

@@ -59,12 +59,18 @@ func New(dir Directory, cfg Config, access AccessConfig, opts Options) (*Authent
 	if access.HostAttribute == "" {
 		logger.Info("ldap host attribute check is off (access.host_attribute is empty)")
 	}
-	if a.realm.blind() && len(access.Realms) == 0 {
+	if a.realm.blind() && len(a.realm.served) == 0 {
 		logger.Warn("ldap.filter and ldap.base do not use the realm, and access.realm_attribute is not set: "+
 			"every login that carries a realm (name@domain, or a realm the client sends) other than ldap.default_realm is refused. "+
 			"Single-domain site: list the domain in access.realms (e.g. access.realms: [example.org]); "+
 			"several domains: put %d or %r into ldap.filter, or set access.realm_attribute (e.g. mail)",
 			"filter", cfg.Filter, "default_realm", cfg.DefaultRealm)
+	}
+	if a.realm.blind() && len(a.realm.served) > 1 {
+		logger.Warn("ldap.filter and ldap.base do not use the realm, and access.realm_attribute is not set, but several domains are served: "+
+			"name@a and name@b reach the same entry, so one password opens both domains' mailboxes of that name. "+
+			"Put %d or %r into ldap.filter, or set access.realm_attribute (e.g. mail)",
+			"filter", cfg.Filter, "realms", access.Realms, "default_realm", cfg.DefaultRealm)
 	}
 	return a, nil
 }

@@ -2,6 +2,7 @@ package ldapauth
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -321,5 +322,52 @@ func TestRealmConfigErrors(t *testing.T) {
 		if _, err := New(nil, c, a, Options{}); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
 		}
+	}
+}
+
+// The realm warnings at startup say what to set, and only when it matters.
+func TestRealmStartupWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		filter     string
+		realms     []string
+		defRealm   string
+		realmAttr  string
+		binds      bool
+		wantInLogs string // "" = no realm warning
+	}{
+		{"default filter, nothing served", DefaultFilter, nil, "", "", false, "access.realms: [example.org]"},
+		{"default filter, one domain", DefaultFilter, []string{"example.org"}, "", "", false, ""},
+		{"default filter, default realm only", DefaultFilter, nil, "example.org", "", false, ""},
+		{"default filter, two domains", DefaultFilter, []string{"a.example"}, "b.example", "", false, "one password opens both"},
+		{"filter with the domain", "(mail=%u@%d)", []string{"a.example", "b.example"}, "", "", true, ""},
+		{"filter with the realm", "(&(uid=%u)(associatedDomain=%r))", nil, "", "", true, ""},
+		{"realm attribute", DefaultFilter, []string{"a.example", "b.example"}, "", "mail", true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Base = "ou=people,dc=example,dc=org"
+			c.Filter, c.DefaultRealm = tc.filter, tc.defRealm
+			a := DefaultAccessConfig()
+			a.Hostnames = []string{"mail.example.org"}
+			a.Realms, a.RealmAttribute = tc.realms, tc.realmAttr
+			if got := BindsRealms(c, a); got != tc.binds {
+				t.Errorf("BindsRealms = %v, want %v", got, tc.binds)
+			}
+			var b strings.Builder
+			if _, err := New(nil, c, a, Options{Logger: slog.New(slog.NewTextHandler(&b, nil))}); err != nil {
+				t.Fatal(err)
+			}
+			realmWarn := strings.Contains(b.String(), "level=WARN") && strings.Contains(b.String(), "realm")
+			if tc.wantInLogs == "" {
+				if realmWarn {
+					t.Errorf("unexpected warning: %s", b.String())
+				}
+				return
+			}
+			if !realmWarn || !strings.Contains(b.String(), tc.wantInLogs) {
+				t.Errorf("want a realm warning with %q, got: %s", tc.wantInLogs, b.String())
+			}
+		})
 	}
 }

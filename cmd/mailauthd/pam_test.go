@@ -67,6 +67,7 @@ ldap:
 access:
   hostnames: [mail.example.org, mail]
   service_attribute: authorizedService
+  realms: [example.org]
 pam:
   timeout: 3s
 `

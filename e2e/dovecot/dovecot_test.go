@@ -64,8 +64,8 @@ var cases = []dcase{
 	{"userdb", userLookup, "alice", "", "", dt.OK,
 		map[string]string{"uid": "2001", "gid": "2000", "home": "/srv/mail/example.org/alice", "mail": "maildir:~/Maildir"},
 		[]string{"host", "proxy_maybe", "userdb_home", "userdb_uid"}},
-	{"userdb defaults", userLookup, "star@example.net", "", "", dt.OK,
-		map[string]string{"uid": "5000", "gid": "5000", "home": "/var/vmail/example.net/star"}, nil},
+	{"userdb defaults", userLookup, "star@example.org", "", "", dt.OK,
+		map[string]string{"uid": "5000", "gid": "5000", "home": "/var/vmail/example.org/star"}, nil},
 	{"userdb, unknown user", userLookup, "nobody", "", "", dt.UserUnknown, nil, nil},
 	{"userdb, refused by the host rule", userLookup, "otherhost", "", "", dt.UserUnknown, nil, nil},
 }

@@ -154,6 +154,8 @@ ldap:
   timeout: 2s
 access:
   hostnames: [mail.example.org, mail]
+  # A single-domain site: the filter is realm-blind, so the domain is listed.
+  realms: [example.org]
   # The service rule for entries that carry authorizedService (smtponly),
   # as a filter: access.service_attribute would refuse every entry without
   # the attribute, and most fixtures have none.

@@ -12,22 +12,31 @@ import (
 )
 
 // BenchmarkAuthenticate is a login through the daemon's decision (no
-// cache) against slapd: search+bind, and with the mirror one bind.
+// cache) against slapd: search+bind, and with the mirror one bind; each
+// with the throttle on (the default) and off, so that its cost is a ratio
+// of two rows of one run (benchstat).
 func BenchmarkAuthenticate(b *testing.B) {
 	s := slapdtest.Start(b, slapdtest.WithUsers(100))
 	for _, mode := range []string{"search+bind", "mirror"} {
-		b.Run(mode, func(b *testing.B) {
-			cfg := slapdConfig(s.URL())
-			cfg.LDAP.Directory.BindDN, cfg.LDAP.Directory.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
-			if mode == "mirror" {
-				cfg.LDAP.Search.MirrorRefresh = time.Hour
+		for _, throttle := range []bool{true, false} {
+			name := mode + "/throttle=on"
+			if !throttle {
+				name = mode + "/throttle=off"
 			}
-			d := newDaemon(b, cfg)
-			if mode == "mirror" {
-				waitMirror(b, d, false)
-			}
-			benchLogins(b, d)
-		})
+			b.Run(name, func(b *testing.B) {
+				cfg := slapdConfig(s.URL())
+				cfg.LDAP.Directory.BindDN, cfg.LDAP.Directory.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
+				if mode == "mirror" {
+					cfg.LDAP.Search.MirrorRefresh = time.Hour
+				}
+				cfg.Throttle.Enabled = throttle
+				d := newDaemon(b, cfg)
+				if mode == "mirror" {
+					waitMirror(b, d, false)
+				}
+				benchLogins(b, d)
+			})
+		}
 	}
 }
 
@@ -37,7 +46,8 @@ func benchLogins(b *testing.B, a auth.Authenticator) {
 	ctx := context.Background()
 	reqs := make([]auth.Request, 100)
 	for i := range reqs {
-		reqs[i] = auth.Request{User: "user" + strconv.Itoa(i), Password: slapdtest.GeneratedUserPassword(i), Service: "imap"}
+		reqs[i] = auth.Request{User: "user" + strconv.Itoa(i), Password: slapdtest.GeneratedUserPassword(i), Service: "imap",
+			ClientAddr: "192.0.2." + strconv.Itoa(i)}
 	}
 	b.ReportAllocs()
 	defer reportCPU(b)()

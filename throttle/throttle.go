@@ -37,9 +37,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -127,7 +129,8 @@ type Throttle struct {
 	cfg    Config
 	store  store
 	log    *slog.Logger
-	key    [32]byte // HMAC key for guesses and known-good marks
+	key    [32]byte  // HMAC key for guesses and known-good marks
+	macs   sync.Pool // *macState keyed with key
 	now    func() time.Time
 	exempt []netip.Prefix // client networks without an address budget
 
@@ -242,15 +245,30 @@ func (t *Throttle) clientKey(addr string) string {
 // mark is a keyed hash of (key, password): what identifies a guess (or a
 // known-good password) without holding the password.
 func (t *Throttle) mark(key, password string) [16]byte {
-	m := hmac.New(sha256.New, t.key[:])
-	var n [4]byte
-	binary.BigEndian.PutUint32(n[:], uint32(len(key)))
-	m.Write(n[:])
-	m.Write([]byte(key))
-	m.Write([]byte(password))
+	m, _ := t.macs.Get().(*macState)
+	if m == nil {
+		m = &macState{h: hmac.New(sha256.New, t.key[:])}
+	}
+	m.buf = binary.BigEndian.AppendUint32(m.buf[:0], uint32(len(key)))
+	m.buf = append(m.buf, key...)
+	m.buf = append(m.buf, password...)
+	m.h.Reset()
+	m.h.Write(m.buf)
+	clear(m.buf) // the password does not stay in the pool
 	var out [16]byte
-	copy(out[:], m.Sum(nil))
+	copy(out[:], m.h.Sum(m.sum[:0]))
+	if cap(m.buf) <= 4096 {
+		t.macs.Put(m)
+	}
 	return out
+}
+
+// macState is a keyed HMAC and its buffers, reused: a mark is computed
+// twice per login, and a fresh HMAC costs five allocations.
+type macState struct {
+	h   hash.Hash
+	buf []byte
+	sum [sha256.Size]byte
 }
 
 func throttled(scope string) *auth.Verdict {

@@ -45,6 +45,9 @@ type Daemon struct {
 	opts Options
 	log  *slog.Logger
 	cur  atomic.Pointer[generation]
+	// shared caps the LDAP connections of every generation together and
+	// keeps what is known about each server across reloads.
+	shared *directory.Shared
 
 	mu      sync.Mutex // orders Reload and Close
 	closed  bool
@@ -74,7 +77,7 @@ func New(cfg *config.File, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Daemon{opts: opts, log: log}
+	d := &Daemon{opts: opts, log: log, shared: directory.NewShared()}
 	g, err := d.build(cfg)
 	if err != nil {
 		return nil, err
@@ -85,7 +88,7 @@ func New(cfg *config.File, opts Options) (*Daemon, error) {
 
 func (d *Daemon) build(cfg *config.File) (*generation, error) {
 	g := &generation{cfg: cfg, fields: cfg.Dovecot, log: d.log}
-	dir, err := directory.New(cfg.LDAP.Directory, d.log)
+	dir, err := directory.New(cfg.LDAP.Directory, d.log, directory.WithShared(d.shared))
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ package ldapauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -125,25 +124,9 @@ func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex
 func unknownUser() auth.Verdict { return auth.Rejected(auth.CauseUnknownUser, "unknown user") }
 
 // unavailable turns a transport error into a TempFail whose reason names
-// the kind of failure.
+// the kind of failure (directory.Reason).
 func unavailable(err error) auth.Verdict {
-	why := "connection failed"
-	var le *ldap.Error
-	switch {
-	case errors.Is(err, directory.ErrBusy):
-		why = "all connections busy"
-	case errors.Is(err, directory.ErrClosed):
-		why = "shutting down"
-	case errors.Is(err, directory.ErrServiceBind):
-		why = "service account bind refused"
-	case directory.IsCertificate(err):
-		why = "server certificate not trusted"
-	case errors.Is(err, directory.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		why = "timeout"
-	case errors.As(err, &le) && le.ResultCode < ldap.ErrorNetwork:
-		why = "result " + strconv.Itoa(int(le.ResultCode))
-	}
-	return auth.TempFailed(auth.CauseUnavailable, "ldap unavailable: "+why)
+	return auth.TempFailed(auth.CauseUnavailable, "ldap unavailable: "+directory.Reason(err))
 }
 
 func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision) auth.Verdict {
@@ -197,20 +180,17 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	if m == modeAuth && !a.baseHasTokens {
 		if me := a.mirrored(&tv); me != nil {
 			ex.step("user found in the local mirror: %s", me.DN)
-			_, err := a.dir.Bind(ctx, me.DN, req.Password)
-			switch {
-			case err == nil:
-				entry = me
-				d.dn = me.DN
-				ex.step("password: ok (bind as user)")
-			case ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials):
+			br, err := a.dir.Bind(ctx, me.DN, req.Password)
+			if ans := classifyBind(err, br.Policy); ans.kind == bindWrongPassword {
 				// A wrong password, or the entry moved or went away since
 				// the last refresh: the search below tells which.
 				ex.step("bind as mirrored %s refused: checking with a search", me.DN)
-			default:
-				d.detail = "bind: " + err.Error()
-				ex.step("password: could not check (bind failed: %v)", err)
-				return unavailable(err)
+			} else if v, ok := a.checkBind(br, err, me.DN, ex, d); !ok {
+				d.dn = me.DN
+				return v
+			} else {
+				entry = me
+				d.dn = me.DN
 			}
 			if entry == nil {
 				v, searched := a.searchAndBind(ctx, req, m, ex, d, base, filter, me.DN)
@@ -249,7 +229,7 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 			n = 2
 		}
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject):
-		n = 0
+		return a.missingBase(ctx, err, base, ex, d), nil
 	default:
 		d.detail = "search: " + err.Error()
 		ex.step("LDAP search failed: %v", err)
@@ -278,17 +258,9 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 	}
 	if m == modeAuth {
 		br, err := a.dir.Bind(ctx, entry.DN, req.Password)
-		if err != nil {
-			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
-				d.detail = "invalid credentials"
-				ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
-				return auth.Rejected(auth.CauseWrongPassword, "wrong password"), nil
-			}
-			d.detail = "bind: " + err.Error()
-			ex.step("password: could not check (bind failed: %v)", err)
-			return unavailable(err), nil
+		if v, ok := a.checkBind(br, err, entry.DN, ex, d); !ok {
+			return v, nil
 		}
-		ex.step("password: ok (bind as user on %s)", br.Server)
 	}
 	return auth.Verdict{}, entry
 }

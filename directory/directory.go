@@ -191,6 +191,25 @@ type Directory struct {
 	retired      atomic.Bool   // pool nothing more: a reload replaced this Directory
 	quit         chan struct{} // closed by Close: stops the probes
 	closeOnce    sync.Once
+	stats        struct{ staleIdle, staleRetries, failovers atomic.Int64 }
+}
+
+// Stats counts how the pool dealt with failed connections.
+type Stats struct {
+	// StaleIdle: idle connections found closed by the server (idle
+	// timeout, restart) before use, and replaced.
+	StaleIdle int64
+	// StaleRetries: operations whose pooled connection failed, retried on
+	// a fresh connection.
+	StaleRetries int64
+	// Failovers: operations retried on another server after one failed
+	// inside the request.
+	Failovers int64
+}
+
+// Stats returns the counts since New.
+func (d *Directory) Stats() Stats {
+	return Stats{d.stats.staleIdle.Load(), d.stats.staleRetries.Load(), d.stats.failovers.Load()}
 }
 
 // New checks cfg and reads the bind password file. It does not contact

@@ -126,6 +126,7 @@ func (p *pool) get(ctx context.Context, fresh bool, tried []*server) (*conn, err
 		}
 		switch {
 		case !c.cl.idleOK(): // the server closed it while it idled (restart, idle timeout)
+			p.d.stats.staleIdle.Add(1)
 			c.close()
 		case c.srv.h.down.Load():
 			// Its server failed since: do not spend a request on it. Pass
@@ -408,12 +409,18 @@ func (d *Directory) do(ctx context.Context, p *pool, f func(*conn) error) (srv s
 			d.markDown(c.srv, err)
 			tried = append(tried, c.srv)
 		}
+		stale := !fresh
 		fresh = true
 		if ctx.Err() != nil || !d.untried(tried, nil) {
 			return c.srv.url, lastErr
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= 0 {
 			return c.srv.url, lastErr
+		}
+		if stale && c.reused {
+			d.stats.staleRetries.Add(1)
+		} else {
+			d.stats.failovers.Add(1)
 		}
 		d.log.Debug("ldap operation failed, retrying on a fresh connection", "url", c.srv.url, "role", p.role, "err", err)
 	}

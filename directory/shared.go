@@ -129,18 +129,23 @@ func (d *Directory) probe(s *server) {
 	}()
 }
 
-// rootDSE is the probe's search: the root DSE, no attributes.
+// rootDSE is the probe's search: the root DSE, no attributes. (Active
+// Directory answers the root DSE whatever the filter; the probe reads it
+// with go-ldap, which takes the entry's empty DN that the wire client
+// refuses in a login's answer.)
 var rootDSE = func() searchRequest {
-	f, err := ldap.CompileFilter("(objectClass=*)")
+	const filter = "(objectClass=*)"
+	f, err := ldap.CompileFilter(filter)
 	if err != nil {
 		panic(err)
 	}
 	return searchRequest{base: "", scope: ldap.ScopeBaseObject, sizeLimit: 1, timeLimit: 1,
-		filter: f.Bytes(), filterText: "(objectClass=*)", attrs: []string{"1.1"}}
+		filter: f.Bytes(), filterText: filter, attrs: []string{"1.1"}}
 }()
 
-// probeOnce connects to s (TLS as configured, no service bind) and reads
-// the root DSE: any LDAP answer, even a refusal, means the server is back.
+// probeOnce connects to s (TLS as configured, no service bind) and
+// searches the root DSE: any well-formed LDAP answer, even a refusal,
+// means the server is back.
 func (d *Directory) probeOnce(s *server) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Timeout)
 	defer cancel()
@@ -152,7 +157,7 @@ func (d *Directory) probeOnce(s *server) error {
 		}
 	}()
 	deadline, _ := ctx.Deadline()
-	c, err := d.dialServer(ctx, s, deadline, roleBind, ClientWire)
+	c, err := d.dialServer(ctx, s, deadline, roleBind, ClientGoLDAP)
 	if err != nil {
 		return err
 	}

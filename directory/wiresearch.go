@@ -27,10 +27,13 @@ const (
 	// maxEntries applies when a request sets no size limit (a login's
 	// search always sets one).
 	maxEntries = 16
-	// maxReferences and maxReferenceBytes bound the continuation
-	// references of one search (RFC 4511 4.5.3; one per referral object
-	// in scope, or per partition of an AD forest), which are skipped,
-	// not followed.
+)
+
+// maxReferences and maxReferenceBytes bound the continuation references
+// of one search (RFC 4511 4.5.3; one per referral object in scope, or per
+// partition of an AD forest), which are skipped, not followed. Variables
+// for tests only.
+var (
 	maxReferences     = 1024
 	maxReferenceBytes = 256 << 10
 )

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/mailauthd/mailauthd/internal/testca"
 )
 
 // Fixed identities of the test directory.
@@ -79,7 +80,14 @@ type options struct {
 	ppolicy         bool
 	idleTimeout     int
 	referrals       bool
+	certNames       *certNames
 	readyTimeout    time.Duration
+}
+
+type certNames struct {
+	cn  string
+	dns []string
+	ips []net.IP
 }
 
 // Option changes how the server is set up.
@@ -134,6 +142,15 @@ func WithIdleTimeout(seconds int) Option { return func(o *options) { o.idleTimeo
 // people base returns 20 search continuation references beside its
 // entries unless it sends ManageDsaIT. Their URLs point at 127.0.0.1:1.
 func WithReferrals() Option { return func(o *options) { o.referrals = true } }
+
+// WithCertNames makes slapd's certificate (signed by the test CA) carry
+// exactly this common name and these subject alternative names, for tests
+// of a certificate that does not match the name dialled (none at all:
+// like Samba's provisioned certificate; only DNS:localhost: like
+// 389-ds's self-signed one).
+func WithCertNames(cn string, dns []string, ips []net.IP) Option {
+	return func(o *options) { o.certNames = &certNames{cn, dns, ips} }
+}
 
 // WithReadyTimeout bounds the wait for slapd to answer (default 15s).
 func WithReadyTimeout(d time.Duration) Option { return func(o *options) { o.readyTimeout = d } }
@@ -278,7 +295,11 @@ func (s *Server) prepare() error {
 		return err
 	}
 	s.caFile = filepath.Join(s.Dir, "ca.pem")
-	if err := writeCertificates(s.Dir); err != nil {
+	if n := o.certNames; n != nil {
+		if err := testca.WriteWithNames(s.Dir, n.cn, n.dns, n.ips); err != nil {
+			return fmt.Errorf("slapdtest: certificates: %w", err)
+		}
+	} else if err := writeCertificates(s.Dir); err != nil {
 		return fmt.Errorf("slapdtest: certificates: %w", err)
 	}
 	certName := "server"

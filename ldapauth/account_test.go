@@ -11,7 +11,9 @@ import (
 // ResetBaseErrorLimit lets a test see the next missing-base error line.
 func ResetBaseErrorLimit() { lastBaseError.Store(0) }
 
-func ldapErr(code uint16, diag string) error { return &ldap.Error{ResultCode: code, Err: errors.New(diag)} }
+func ldapErr(code uint16, diag string) error {
+	return &ldap.Error{ResultCode: code, Err: errors.New(diag)}
+}
 
 func ad(code string) error {
 	return ldapErr(ldap.LDAPResultInvalidCredentials, "80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data "+code+", v1db1")
@@ -72,7 +74,7 @@ func TestClassifyBind(t *testing.T) {
 func TestADDataCode(t *testing.T) {
 	for diag, want := range map[string]string{
 		"80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data 775, v1db1": "775",
-		"80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 52e, v4563":  "52e",
+		"80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 52e, v4563": "52e",
 		"data 52E, v1":  "52e",
 		"":              "",
 		"metadata 775x": "",

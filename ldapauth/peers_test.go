@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-ldap/ldap/v3"
 	"github.com/mailauthd/mailauthd/auth"
 	"github.com/mailauthd/mailauthd/directory"
 	"github.com/mailauthd/mailauthd/internal/ds389test"
@@ -306,6 +307,53 @@ func TestGroupAndHostRules(t *testing.T) {
 		a = newAuth(t, cfg, access)
 		expect(t, "host rule, alice on mail.example.org", a.Authenticate(ctx, alice), accepted)
 		expect(t, "host rule, no host", a.Authenticate(ctx, svc), verdict{auth.Reject, auth.CausePolicy, "host not allowed: no value"})
+	})
+	t.Run("openldap", func(t *testing.T) {
+		s := slapdtest.Start(t, slapdtest.WithMemberOf())
+		lc, err := ldap.DialURL(s.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lc.Close()
+		if err := lc.Bind(slapdtest.AdminDN, slapdtest.AdminPassword); err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range []struct{ dn, member string }{
+			{"ou=groups,dc=example,dc=org", ""},
+			{"cn=mail,ou=groups,dc=example,dc=org", "uid=alice,ou=people,dc=example,dc=org"},
+			{"cn=staff,ou=groups,dc=example,dc=org", "cn=mail,ou=groups,dc=example,dc=org"},
+		} {
+			add := ldap.NewAddRequest(g.dn, nil)
+			if g.member == "" {
+				add.Attribute("objectClass", []string{"organizationalUnit"})
+				add.Attribute("ou", []string{"groups"})
+			} else {
+				add.Attribute("objectClass", []string{"groupOfNames"})
+				add.Attribute("member", []string{g.member})
+			}
+			if err := lc.Add(add); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg, access := baseConfig(s.URL())
+		alice := auth.Request{User: "alice", Password: "alicepw"}
+		star := auth.Request{User: "star", Password: "starpw"} // in no group
+
+		inAccess := access
+		inAccess.Filters = []string{"(memberOf=cn=mail,ou=groups,dc=example,dc=org)"}
+		a := newAuth(t, cfg, inAccess)
+		expect(t, "memberOf, member", a.Authenticate(ctx, alice), accepted)
+		expect(t, "memberOf, not a member", a.Authenticate(ctx, star),
+			verdict{auth.Reject, auth.CausePolicy, "access filter not matched: " + inAccess.Filters[0]})
+		inAccess.Filters = []string{"(memberOf=cn=staff,ou=groups,dc=example,dc=org)"}
+		expect(t, "memberOf of a nested group (the overlay lists direct groups only)", newAuth(t, cfg, inAccess).Authenticate(ctx, alice),
+			verdict{auth.Reject, auth.CausePolicy, "access filter not matched: " + inAccess.Filters[0]})
+
+		inFilter := cfg
+		inFilter.Filter = "(&(uid=%u)(memberOf=cn=mail,ou=groups,dc=example,dc=org))"
+		a = newAuth(t, inFilter, access)
+		expect(t, "group in ldap.filter, member", a.Authenticate(ctx, alice), accepted)
+		expect(t, "group in ldap.filter, not a member", a.Authenticate(ctx, star), unknown)
 	})
 	t.Run("389-ds", func(t *testing.T) {
 		s := ds.Get(t)

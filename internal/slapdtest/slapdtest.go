@@ -80,6 +80,7 @@ type options struct {
 	ppolicy         bool
 	idleTimeout     int
 	referrals       bool
+	memberOf        bool
 	certNames       *certNames
 	readyTimeout    time.Duration
 }
@@ -142,6 +143,11 @@ func WithIdleTimeout(seconds int) Option { return func(o *options) { o.idleTimeo
 // people base returns 20 search continuation references beside its
 // entries unless it sends ManageDsaIT. Their URLs point at 127.0.0.1:1.
 func WithReferrals() Option { return func(o *options) { o.referrals = true } }
+
+// WithMemberOf loads the memberof overlay: adding a groupOfNames (over
+// LDAP, not slapadd) gives each member a memberOf value naming it. It
+// lists direct groups only (no nesting).
+func WithMemberOf() Option { return func(o *options) { o.memberOf = true } }
 
 // WithCertNames makes slapd's certificate (signed by the test CA) carry
 // exactly this common name and these subject alternative names, for tests
@@ -257,6 +263,7 @@ modulepath /usr/lib/ldap
 moduleload back_mdb
 {{if .SyncProv}}moduleload syncprov
 {{end}}{{if .PPolicy}}moduleload ppolicy
+{{end}}{{if .MemberOf}}moduleload memberof
 {{end}}{{if .IdleTimeout}}idletimeout {{.IdleTimeout}}
 {{end}}TLSCACertificateFile {{.Dir}}/ca.pem
 TLSCertificateFile {{.Dir}}/{{.CertName}}.pem
@@ -284,6 +291,10 @@ access to *
 	by anonymous {{if .NoAnonymousRead}}auth{{else}}read{{end}}
 	by * none
 {{if .SyncProv}}overlay syncprov
+{{end}}{{if .MemberOf}}overlay memberof
+memberof-group-oc groupOfNames
+memberof-member-ad member
+memberof-memberof-ad memberOf
 {{end}}{{if .PPolicy}}overlay ppolicy
 ppolicy_default "cn=default,ou=policies,` + Suffix + `"
 ppolicy_use_lockout
@@ -310,7 +321,7 @@ func (s *Server) prepare() error {
 	err := confTemplate.Execute(&conf, map[string]any{
 		"Testdata": TestdataDir(), "Dir": s.Dir, "CertName": certName,
 		"UnauthBind": o.unauthBind, "NoAnonymousRead": o.noAnonymousRead,
-		"SyncProv": o.syncProv, "PPolicy": o.ppolicy, "IdleTimeout": o.idleTimeout,
+		"SyncProv": o.syncProv, "PPolicy": o.ppolicy, "IdleTimeout": o.idleTimeout, "MemberOf": o.memberOf,
 	})
 	if err != nil {
 		return err

@@ -269,7 +269,8 @@ func (d *Directory) eachServer(ctx context.Context, what string, tried []*server
 		}
 		err := try(s, d.attemptDeadline(ctx, i < len(order)-1))
 		if err == nil {
-			d.markUp(s)
+			// Not marked up yet: a black hole accepts TCP connections too.
+			// The first LDAP answer on the connection does (do), or a probe.
 			return nil
 		}
 		if !errors.Is(err, ErrServiceBind) { // the server answered: a configuration error

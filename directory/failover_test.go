@@ -425,3 +425,141 @@ func TestBigAttribute(t *testing.T) {
 		})
 	}
 }
+
+// forgetfulProxy forwards loopback connections to target until forget is
+// called: then the connections it had go silent, with no FIN and no reset
+// (a NAT table or firewall that dropped their state); new ones are
+// forwarded again.
+type forgetfulProxy struct {
+	addr  string
+	mu    sync.Mutex
+	ups   []net.Conn // upstream sides of the current connections
+	downs []net.Conn // client sides, kept open until the test ends
+}
+
+func newForgetfulProxy(t *testing.T, target string) *forgetfulProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &forgetfulProxy{addr: ln.Addr().String()}
+	go func() {
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				down.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.ups, p.downs = append(p.ups, up), append(p.downs, down)
+			p.mu.Unlock()
+			go func() { // client to server; a dropped upstream ends it without closing the client
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := down.Read(buf)
+					if err != nil {
+						up.Close()
+						return
+					}
+					if _, err := up.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+			go func() { // server to client; ends silently when upstream is dropped
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := up.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := down.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range append(p.ups, p.downs...) {
+			c.Close()
+		}
+	})
+	return p
+}
+
+// forget drops the current connections' upstream sides: their clients
+// hear nothing, ever.
+func (p *forgetfulProxy) forget() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.ups {
+		c.Close()
+	}
+	p.ups = nil
+}
+
+// TestSilentlyDroppedConnections: pooled connections that a middlebox
+// dropped without telling either end (no FIN: the peek sees nothing) time
+// out on their next request; each such request is retried on a fresh
+// connection within its deadline, so with one healthy server no login
+// fails, and none takes longer than the timeout plus one operation.
+func TestSilentlyDroppedConnections(t *testing.T) {
+	const timeout = time.Second
+	s := slapdtest.Start(t)
+	p := slapdPeer(s)
+	for _, cl := range clients {
+		t.Run(cl, func(t *testing.T) {
+			px := newForgetfulProxy(t, strings.TrimPrefix(s.URL(), "ldap://"))
+			p := p
+			p.url = "ldap://" + px.addr
+			d := newDir(t, func(c *Config) {
+				c.Client, c.URLs, c.Timeout = cl, []string{p.url}, timeout
+				c.BindDN, c.BindPassword = p.bindDN, p.bindPW
+			})
+			if errs := p.logins(d, 16, 8, 10*time.Second); len(errs) > 0 {
+				t.Fatal(firstErrs(errs))
+			}
+			px.forget()
+			var mu sync.Mutex
+			var slowest time.Duration
+			var errs []error
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range 4 {
+						start := time.Now()
+						err := p.login(d, 10*time.Second)
+						mu.Lock()
+						slowest = max(slowest, time.Since(start))
+						if err != nil {
+							errs = append(errs, err)
+						}
+						mu.Unlock()
+					}
+				}()
+			}
+			wg.Wait()
+			st := d.Stats()
+			t.Logf("32 logins after the drop: %d failed, slowest %v; %+v", len(errs), slowest.Round(time.Millisecond), st)
+			if len(errs) > 0 {
+				t.Errorf("%d logins failed on silently dropped connections:%s", len(errs), firstErrs(errs))
+			}
+			if st.StaleRetries == 0 {
+				t.Error("no request met a dropped connection: the test shows nothing")
+			}
+			if bound := timeout + 2*time.Second; slowest > bound {
+				t.Errorf("slowest login %v, more than the timeout plus one operation", slowest)
+			}
+		})
+	}
+}

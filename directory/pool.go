@@ -181,6 +181,33 @@ func (p *pool) closeIdle() bool {
 	}
 }
 
+// closeIdleTo closes the idle connections to s.
+func (p *pool) closeIdleTo(s *server) {
+	var keep []*conn
+	for {
+		var c *conn
+		select {
+		case c = <-p.idle:
+		default:
+		}
+		if c == nil {
+			break
+		}
+		if c.srv == s {
+			c.close()
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	for _, c := range keep {
+		select {
+		case p.idle <- c:
+		default:
+			c.close()
+		}
+	}
+}
+
 // opDeadline is the earlier of now+timeout and ctx's deadline.
 func opDeadline(ctx context.Context, timeout time.Duration) time.Time {
 	d := time.Now().Add(timeout)
@@ -404,7 +431,13 @@ func (d *Directory) do(ctx context.Context, p *pool, f func(*conn) error) (srv s
 			// prefers another server, and the prober clears the mark as
 			// soon as this one answers.
 			if timedOut {
+				// Went silent while idle (a middlebox dropped it) or the
+				// server hangs: the other idle connections to it, no
+				// younger, are no better. Close them rather than let
+				// the next requests wait on them too.
 				d.markDown(c.srv, err)
+				d.search.closeIdleTo(c.srv)
+				d.bind.closeIdleTo(c.srv)
 			}
 		default:
 			d.markDown(c.srv, err)

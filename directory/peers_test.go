@@ -186,7 +186,7 @@ func TestPeersOverEveryTransport(t *testing.T) {
 }
 
 // TestIdleTimeoutStaleConnections (issue 11, item 1): each directory closes
-// idle connections after 2 s (slapd idletimeout, 389-ds
+// idle connections after 3 s (slapd idletimeout, 389-ds
 // nsslapd-idletimeout, AD MaxConnIdleTime), with a plain FIN and no
 // notice. After a quiet period longer than that, 100 logins at
 // concurrency 16 must all succeed, over every transport and with both
@@ -195,8 +195,11 @@ func TestPeersOverEveryTransport(t *testing.T) {
 // as the request arrives, the request is retried on a fresh connection,
 // never on the next idle one.
 func TestIdleTimeoutStaleConnections(t *testing.T) {
-	const idle = 2
-	quiet := 5 * time.Second
+	// Short enough for a test, long enough that a loaded machine (the race
+	// detector, packages tested in parallel) uses a fresh connection
+	// before the server reaps it.
+	const idle = 3
+	quiet := 6 * time.Second
 	s := slapdtest.Start(t, slapdtest.WithLDAPS(), slapdtest.WithIdleTimeout(idle))
 	dss := ds.Get(t)
 	if err := dss.SetIdleTimeout(idle); err != nil {

@@ -395,16 +395,27 @@ func (d *Directory) run(ctx context.Context, c *conn, deadline time.Time, f func
 //   - A server that fails on a fresh connection (refused, reset, no answer
 //     within the attempt's deadline) is marked down and the next server is
 //     tried in the same request; attemptDeadline splits the time left so
-//     that there is time for it.
+//     that there is time for it. Once per request, a server that closed or
+//     refused a fresh connection (rather than not answering) gets a second
+//     fresh one.
 //
 // LDAP results (invalid credentials above all) are answers: never retried.
 func (d *Directory) do(ctx context.Context, p *pool, f func(*conn) error) (srv string, err error) {
 	var tried []*server
 	fresh := false
+	// once: one more fresh attempt, on the same servers, after a server
+	// closed or refused a fresh connection (not after a timeout): a server
+	// reaping connections under load, or restarting, costs an instant.
+	once := true
 	var lastErr error
 	for {
 		c, err := p.get(ctx, fresh, tried)
 		if err != nil {
+			if once && fresh && retryable(ctx, err) {
+				once = false
+				lastErr = err
+				continue
+			}
 			if lastErr != nil && (errors.Is(err, ErrBusy) || ctx.Err() != nil) {
 				err = lastErr // say why the first attempt failed, not that the retry could not start
 			}
@@ -439,6 +450,9 @@ func (d *Directory) do(ctx context.Context, p *pool, f func(*conn) error) (srv s
 				d.search.closeIdleTo(c.srv)
 				d.bind.closeIdleTo(c.srv)
 			}
+		case once && !timedOut:
+			once = false
+			d.markDown(c.srv, err)
 		default:
 			d.markDown(c.srv, err)
 			tried = append(tried, c.srv)
@@ -458,6 +472,16 @@ func (d *Directory) do(ctx context.Context, p *pool, f func(*conn) error) (srv s
 		}
 		d.log.Debug("ldap operation failed, retrying on a fresh connection", "url", c.srv.url, "role", p.role, "err", err)
 	}
+}
+
+// retryable reports a failed dial worth one more try: the server closed
+// or refused the connection; not a timeout (the time is spent), a busy
+// pool, a refused certificate or service account (the same again).
+func retryable(ctx context.Context, err error) bool {
+	var ne net.Error
+	return ctx.Err() == nil && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrClosed) &&
+		!errors.Is(err, ErrServiceBind) && !IsCertificate(err) && !errors.Is(err, ErrTimeout) &&
+		!errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 // timeoutErr marks a dial that ended by a deadline (the caller's or ours)

@@ -61,6 +61,9 @@ type Daemon struct {
 	throttleCfg throttle.Config // guarded by mu once serving
 	metrics     *metrics        // nil for a one-shot decision
 	health      healthCache
+	// shared caps the LDAP connections of every generation together and
+	// keeps what is known about each server across reloads.
+	shared *directory.Shared
 
 	mu      sync.Mutex // orders Reload and Close
 	closed  bool
@@ -93,7 +96,7 @@ func New(cfg *config.File, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Daemon{opts: opts, log: log}
+	d := &Daemon{opts: opts, log: log, shared: directory.NewShared()}
 	if !opts.OneShot {
 		d.metrics = newMetrics(d)
 	}
@@ -149,7 +152,7 @@ func (d *Daemon) build(cfg *config.File) (*generation, error) {
 			drop()
 		}
 	}()
-	var dopts []directory.Option
+	dopts := []directory.Option{directory.WithShared(d.shared)}
 	if d.metrics != nil {
 		dopts = append(dopts, directory.WithObserver(d.metrics.observeLDAP))
 	}

@@ -34,6 +34,7 @@ type metrics struct {
 	mu              sync.Mutex
 	retiredCache    cache.Stats
 	retiredWaits    [2]uint64 // search, bind
+	retiredRetries  directory.Stats
 	retiredThrottle throttle.Stats
 }
 
@@ -82,6 +83,20 @@ func newMetrics(d *Daemon) *metrics {
 				m.mu.Lock()
 				defer m.mu.Unlock()
 				return float64(m.retiredWaits[i] + d.poolStats(i).Waits)
+			})
+	}
+	for kind, pick := range map[string]func(directory.Stats) int64{
+		"stale_idle":  func(s directory.Stats) int64 { return s.StaleIdle },
+		"stale_retry": func(s directory.Stats) int64 { return s.StaleRetries },
+		"failover":    func(s directory.Stats) int64 { return s.Failovers },
+	} {
+		f.counterFunc("mailauthd_ldap_recoveries_total",
+			"Connection trouble the transport absorbed without failing the login: idle connections found closed (stale_idle), "+
+				"operations retried on a fresh connection (stale_retry), operations moved to another server (failover).",
+			prometheus.Labels{"kind": kind}, func() float64 {
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				return float64(pick(m.retiredRetries) + pick(d.cur.Load().dir.Stats()))
 			})
 	}
 	cacheStat := func(pick func(cache.Stats) uint64) func() float64 {
@@ -233,9 +248,13 @@ func (m *metrics) retire(g *generation) {
 		m.retiredCache.Coalesced += st.Coalesced
 		m.retiredCache.Evictions += st.Evictions
 	}
-	s, b := g.dir.Stats()
+	s, b := g.dir.Pools()
 	m.retiredWaits[0] += s.Waits
 	m.retiredWaits[1] += b.Waits
+	st := g.dir.Stats()
+	m.retiredRetries.StaleIdle += st.StaleIdle
+	m.retiredRetries.StaleRetries += st.StaleRetries
+	m.retiredRetries.Failovers += st.Failovers
 }
 
 func (m *metrics) retireThrottle(th *throttle.Throttle) {
@@ -250,7 +269,7 @@ func (m *metrics) retireThrottle(th *throttle.Throttle) {
 
 // poolStats is the current generation's search (0) or bind (1) pool.
 func (d *Daemon) poolStats(i int) directory.PoolStats {
-	s, b := d.cur.Load().dir.Stats()
+	s, b := d.cur.Load().dir.Pools()
 	if i == 0 {
 		return s
 	}

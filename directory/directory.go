@@ -22,7 +22,9 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,6 +78,14 @@ var (
 	// ErrTimeout: the operation's deadline (ldap.timeout or the caller's)
 	// passed before the server answered.
 	ErrTimeout = errors.New("timed out")
+	// ErrReferences: a search returned more continuation references than
+	// the wire client skips (see maxReferences). Not a protocol error:
+	// the server is not marked down.
+	ErrReferences = errors.New("too many continuation references")
+	// ErrEntryTooLarge: a search result entry is larger than MaxEntrySize
+	// (ldap.attributes asks for something photo-sized). The server is not
+	// marked down.
+	ErrEntryTooLarge = errors.New("entry too large")
 )
 
 // IsConnection reports a failed connection (refused, reset, malformed
@@ -97,11 +107,85 @@ func IsCertificate(err error) bool {
 // none was reached), how long it took and its error.
 type Observer func(op, server string, took time.Duration, err error)
 
-// Option configures a Directory.
-type Option func(*Directory)
-
 // WithObserver reports every operation to o.
 func WithObserver(o Observer) Option { return func(d *Directory) { d.observe = o } }
+
+// CertificateProblem says why the server's certificate was refused, with
+// the detail an admin needs to fix it: for a name mismatch the names the
+// certificate is valid for and the one dialled ("certificate is valid for
+// localhost, not 127.0.0.1"). "" when err is no certificate error.
+func CertificateProblem(err error) string {
+	var he x509.HostnameError
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	var cv *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &he):
+		return hostnameProblem(he)
+	case errors.As(err, &ua):
+		issuer := ""
+		if ua.Cert != nil {
+			issuer = fmt.Sprintf(" (issuer %q)", ua.Cert.Issuer.String())
+		}
+		return "certificate signed by an unknown authority" + issuer + ": ldap.ca_file must hold the CA that issued it"
+	case errors.As(err, &ci):
+		if ci.Reason == x509.Expired {
+			return "certificate expired or not yet valid: " + strings.TrimPrefix(ci.Error(), "x509: ")
+		}
+		return strings.TrimPrefix(ci.Error(), "x509: ")
+	case errors.As(err, &cv):
+		return strings.TrimPrefix(cv.Err.Error(), "x509: ")
+	}
+	return ""
+}
+
+// hostnameProblem names what the certificate is valid for and what was
+// dialled. Go, like every current TLS client, ignores the subject's common
+// name: only subject alternative names count.
+func hostnameProblem(he x509.HostnameError) string {
+	var names []string
+	if he.Certificate != nil {
+		names = append(names, he.Certificate.DNSNames...)
+		for _, ip := range he.Certificate.IPAddresses {
+			names = append(names, ip.String())
+		}
+	}
+	if len(names) == 0 {
+		cn := ""
+		if he.Certificate != nil && he.Certificate.Subject.CommonName != "" {
+			cn = fmt.Sprintf(", only the common name %q, which TLS clients ignore", he.Certificate.Subject.CommonName)
+		}
+		return fmt.Sprintf("certificate has no subject alternative name%s: not valid for %s", cn, he.Host)
+	}
+	return fmt.Sprintf("certificate is valid for %s, not %s", strings.Join(names, ", "), he.Host)
+}
+
+// Reason names the kind of a transport failure in a few words, for a
+// TempFail's reason ("timeout", "server certificate not trusted: ...").
+func Reason(err error) string {
+	var le *ldap.Error
+	switch {
+	case errors.Is(err, ErrBusy):
+		return "all connections busy"
+	case errors.Is(err, ErrClosed):
+		return "shutting down"
+	case errors.Is(err, ErrServiceBind):
+		return "service account bind refused"
+	case errors.Is(err, ErrReferences):
+		return "too many continuation references in the search result"
+	case errors.Is(err, ErrEntryTooLarge):
+		return fmt.Sprintf("user entry larger than %d KiB (a photo-sized attribute in ldap.attributes?)", MaxEntrySize>>10)
+	case IsCertificate(err):
+		return "server certificate not trusted: " + CertificateProblem(err)
+	case errors.Is(err, ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return "timeout"
+	case errors.As(err, &le) && le.ResultCode == ldap.LDAPResultStrongAuthRequired:
+		return "result 8 (strongerAuthRequired: the server wants TLS; use ldaps:// or start_tls)"
+	case errors.As(err, &le) && le.ResultCode < ldap.ErrorNetwork:
+		return "result " + strconv.Itoa(int(le.ResultCode))
+	}
+	return "connection failed"
+}
 
 // Directory is safe for concurrent use.
 type Directory struct {
@@ -110,8 +194,31 @@ type Directory struct {
 	log          *slog.Logger
 	servers      []*server
 	search, bind *pool
+	shared       *Shared
+	budget       *budget
 	closed       atomic.Bool
-	retired      atomic.Bool // pool nothing more: a reload replaced this Directory
+	retired      atomic.Bool   // pool nothing more: a reload replaced this Directory
+	quit         chan struct{} // closed by Close: stops the probes
+	closeOnce    sync.Once
+	stats        struct{ staleIdle, staleRetries, failovers atomic.Int64 }
+}
+
+// Stats counts how the pool dealt with failed connections.
+type Stats struct {
+	// StaleIdle: idle connections found closed by the server (idle
+	// timeout, restart) before use, and replaced.
+	StaleIdle int64
+	// StaleRetries: operations whose pooled connection failed, retried on
+	// a fresh connection.
+	StaleRetries int64
+	// Failovers: operations retried on another server after one failed
+	// inside the request.
+	Failovers int64
+}
+
+// Stats returns the counts since New.
+func (d *Directory) Stats() Stats {
+	return Stats{d.stats.staleIdle.Load(), d.stats.staleRetries.Load(), d.stats.failovers.Load()}
 }
 
 // New checks cfg and reads the bind password file. It does not contact
@@ -121,12 +228,21 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Directory, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Directory{log: log}
+	d := &Directory{log: log, quit: make(chan struct{})}
 	for _, o := range opts {
 		o(d)
 	}
+	own := d.shared == nil
+	if own {
+		d.shared = NewShared()
+	}
 	if err := d.configure(&cfg); err != nil {
 		return nil, err
+	}
+	limit := 0 // a Directory of its own: no cap beyond max_conns per role
+	if !own {
+		// Shared with other configurations: twice what one may hold.
+		limit = 2 * 2 * cfg.MaxConns
 	}
 	d.cfg = cfg
 	if cfg.BindPasswordFile != "" {
@@ -139,6 +255,8 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Directory, error) {
 	}
 	d.search = newPool(d, roleSearch)
 	d.bind = newPool(d, roleBind)
+	d.budget = &d.shared.budget
+	d.budget.register(d, limit)
 	return d, nil
 }
 
@@ -184,7 +302,7 @@ func (d *Directory) configure(cfg *Config) error {
 		}
 	}
 	for _, raw := range cfg.URLs {
-		s, err := parseServer(raw, cfg, roots)
+		s, err := parseServer(raw, cfg, roots, d.shared)
 		if err != nil {
 			return err
 		}
@@ -216,12 +334,12 @@ func (d *Directory) configure(cfg *Config) error {
 	return nil
 }
 
-func parseServer(raw string, cfg *Config, roots *x509.CertPool) (*server, error) {
+func parseServer(raw string, cfg *Config, roots *x509.CertPool, sh *Shared) (*server, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("ldap.urls: %q: %w", raw, err)
 	}
-	s := &server{url: raw}
+	s := &server{url: raw, h: sh.healthOf(raw)}
 	port := ""
 	switch strings.ToLower(u.Scheme) {
 	case "ldap":
@@ -268,8 +386,10 @@ func (d *Directory) Timeout() time.Duration { return d.cfg.Timeout }
 // closed when their operation returns.
 func (d *Directory) Close() error {
 	d.closed.Store(true)
+	d.closeOnce.Do(func() { close(d.quit) })
 	d.search.drain()
 	d.bind.drain()
+	d.budget.unregister(d)
 	return nil
 }
 
@@ -307,13 +427,20 @@ func (d *Directory) Search(ctx context.Context, r *SearchRequest) (res *ldap.Sea
 	return res, srv, err
 }
 
-// BindResult is a successful bind's answer.
+// BindResult is a bind's answer besides its result code.
 type BindResult struct {
 	Server string // URL of the server that answered
+	// Policy is what the response controls said about the account (the
+	// password policy response, 389-ds's password controls), whether the
+	// bind succeeded or not.
+	Policy Policy
 }
 
 // Bind checks a password with a simple bind as dn on a bind-role
-// connection. A nil error means the server answered success. An empty
+// connection, asking for the password policy response control
+// (1.3.6.1.4.1.42.2.27.8.5.1, not critical: servers without password
+// policy ignore it). A nil error means the server answered success; the
+// result's Policy may still say the password must be changed. An empty
 // password is refused without any traffic (RFC 4513 would make it an
 // unauthenticated bind).
 func (d *Directory) Bind(ctx context.Context, dn, password string) (BindResult, error) {
@@ -321,11 +448,16 @@ func (d *Directory) Bind(ctx context.Context, dn, password string) (BindResult, 
 		return BindResult{}, ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
 	}
 	start := time.Now()
-	srv, err := d.do(ctx, d.bind, func(c *conn) error { return c.cl.bind(dn, password) })
+	var pol Policy
+	srv, err := d.do(ctx, d.bind, func(c *conn) error {
+		var err error
+		pol, err = c.cl.bind(dn, password, true)
+		return err
+	})
 	if d.observe != nil {
 		d.observe("bind", srv, time.Since(start), err)
 	}
-	return BindResult{Server: srv}, err
+	return BindResult{Server: srv, Policy: pol}, err
 }
 
 // timeLimit is the server-side search time limit in whole seconds (>= 1).
@@ -345,9 +477,9 @@ func (d *Directory) DialGoLDAP(ctx context.Context) (*ldap.Conn, func(), error) 
 		return nil, nil, ErrClosed
 	}
 	var c *conn
-	err := d.eachServer(ctx, "mirror", func(s *server) error {
+	err := d.eachServer(ctx, "mirror", nil, func(s *server, deadline time.Time) error {
 		var err error
-		c, err = d.dialServer(ctx, s, roleSearch, ClientGoLDAP)
+		c, err = d.dialServer(ctx, s, deadline, roleSearch, ClientGoLDAP)
 		return err
 	})
 	if err != nil {
@@ -378,8 +510,8 @@ type PoolStats struct {
 	Waits       uint64
 }
 
-// Stats reports the search and bind pools.
-func (d *Directory) Stats() (search, bind PoolStats) {
+// Pools reports the search and bind pools.
+func (d *Directory) Pools() (search, bind PoolStats) {
 	return d.search.stats(), d.bind.stats()
 }
 
@@ -396,9 +528,13 @@ func (d *Directory) Ping(ctx context.Context) map[string]error {
 	f, _ := ldap.CompileFilter(req.filterText)
 	req.filter = f.Bytes()
 	for _, s := range d.servers {
-		c, err := d.dialServer(ctx, s, roleSearch, d.cfg.Client)
+		deadline := time.Now().Add(d.cfg.Timeout)
+		if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+			deadline = dl
+		}
+		c, err := d.dialServer(ctx, s, deadline, roleSearch, d.cfg.Client)
 		if err == nil {
-			_, err = d.run(ctx, c, func(c *conn) error {
+			_, err = d.run(ctx, c, deadline, func(c *conn) error {
 				_, err := c.cl.search(&req)
 				if err != nil && !IsConnection(err) {
 					err = nil // an LDAP answer: the server is up

@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"errors"
 	"net"
 
 	"github.com/go-ldap/ldap/v3"
@@ -23,9 +24,24 @@ func newGoLDAPConn(nc net.Conn, isTLS bool) *goLDAPConn {
 	return &goLDAPConn{lc: lc}
 }
 
-func (g *goLDAPConn) bind(dn, password string) error {
-	_, err := g.lc.SimpleBind(&ldap.SimpleBindRequest{Username: dn, Password: password})
-	return g.check(err)
+func (g *goLDAPConn) bind(dn, password string, policy bool) (Policy, error) {
+	req := &ldap.SimpleBindRequest{Username: dn, Password: password}
+	if policy {
+		req.Controls = []ldap.Control{ldap.NewControlBeheraPasswordPolicy()}
+	}
+	res, err := g.lc.SimpleBind(req)
+	var p Policy
+	if res != nil {
+		p = policyFromGoLDAP(res.Controls)
+	}
+	var le *ldap.Error
+	if err != nil && !errors.As(err, &le) {
+		// Not a result: go-ldap could not decode the answer (a control,
+		// say). Refused like the wire client refuses a malformed answer.
+		g.failed = true
+		return Policy{}, ldap.NewError(ldap.ErrorNetwork, err)
+	}
+	return p, g.check(err)
 }
 
 func (g *goLDAPConn) search(r *searchRequest) (*ldap.SearchResult, error) {

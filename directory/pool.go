@@ -12,21 +12,19 @@ import (
 	"github.com/go-ldap/ldap/v3"
 )
 
-// downFor is how long a server that failed is skipped while another one
-// answers, so a dead first URL does not cost a dial on every request.
-const downFor = 30 * time.Second
+// Probing a server that failed: the first probe after probeFirst, then
+// twice as long each time up to probeMax, until it answers.
+const (
+	probeFirst = 500 * time.Millisecond
+	probeMax   = 30 * time.Second
+)
 
 type server struct {
-	url       string
-	addr      string // host:port
-	ldaps     bool
-	tls       *tls.Config // nil: no TLS
-	downUntil atomic.Int64
-}
-
-func (s *server) markDown() { s.downUntil.Store(time.Now().Add(downFor).UnixNano()) }
-func (s *server) isDown(now time.Time) bool {
-	return now.UnixNano() < s.downUntil.Load()
+	url   string
+	addr  string // host:port
+	ldaps bool
+	tls   *tls.Config // nil: no TLS
+	h     *health     // shared by the Directories of one Shared
 }
 
 type role int
@@ -47,7 +45,9 @@ func (r role) String() string {
 // (wireconn.go) or go-ldap's (goldap.go). One goroutine at a time; the
 // caller sets deadlines on the conn's net.Conn.
 type client interface {
-	bind(dn, password string) error
+	// bind is a simple bind; policy adds the password policy request
+	// control, and the Policy is what the response controls said.
+	bind(dn, password string, policy bool) (Policy, error)
 	search(r *searchRequest) (*ldap.SearchResult, error)
 	// idleOK tells whether an idle connection may be handed out.
 	idleOK() bool
@@ -64,8 +64,18 @@ type conn struct {
 	cl     client
 	nc     net.Conn
 	srv    *server
-	reused bool // came from the idle pool (may be stale)
-	broken bool // must not be reused
+	reused bool    // came from the idle pool (may be stale)
+	broken bool    // must not be reused
+	budget *budget // holds one of its connections; nil when not counted
+}
+
+// close closes the connection and gives its place in the budget back.
+func (c *conn) close() {
+	c.cl.close()
+	if c.budget != nil {
+		c.budget.release()
+		c.budget = nil
+	}
 }
 
 // pool lets at most MaxConns connections of one role be in use at once, and
@@ -89,9 +99,10 @@ func newPool(d *Directory, r role) *pool {
 	return &pool{d: d, role: r, idle: make(chan *conn, d.cfg.MaxConns), slots: make(chan struct{}, d.cfg.MaxConns)}
 }
 
-// get returns an idle connection or dials a new one. It waits for a free
-// slot at most until ctx ends or the configured timeout passes.
-func (p *pool) get(ctx context.Context) (*conn, error) {
+// get returns an idle connection (unless fresh) or dials a new one to a
+// server not in tried. It waits for a free slot at most until ctx ends or
+// the configured timeout passes.
+func (p *pool) get(ctx context.Context, fresh bool, tried []*server) (*conn, error) {
 	select {
 	case p.slots <- struct{}{}:
 	default:
@@ -111,47 +122,95 @@ func (p *pool) get(ctx context.Context) (*conn, error) {
 		<-p.slots
 		return nil, ErrClosed
 	}
-	for {
+	for !fresh {
+		var c *conn
 		select {
-		case c := <-p.idle:
-			if !c.cl.idleOK() { // the server went away while it idled
-				c.cl.close()
-				continue
-			}
-			c.reused = true
-			return c, nil
+		case c = <-p.idle:
 		default:
 		}
-		c, err := p.d.dial(ctx, p.role)
-		if err != nil {
-			<-p.slots
-			return nil, err
+		if c == nil {
+			break
 		}
-		return c, nil
+		switch {
+		case !c.cl.idleOK(): // the server closed it while it idled (restart, idle timeout)
+			p.d.stats.staleIdle.Add(1)
+			c.close()
+		case c.srv.h.down.Load():
+			// Its server failed since: do not spend a request on it. Pass
+			// it over (closed) while another server may answer.
+			c.close()
+		default:
+			c.reused = true
+			return c, nil
+		}
 	}
+	if err := p.d.budget.acquire(ctx, opDeadline(ctx, p.d.cfg.Timeout), p); err != nil {
+		<-p.slots
+		return nil, err
+	}
+	c, err := p.d.dial(ctx, p.role, tried)
+	if err != nil {
+		p.d.budget.release()
+		<-p.slots
+		return nil, err
+	}
+	c.budget = p.d.budget
+	return c, nil
 }
 
 // put returns c to the idle pool, or closes it if it is broken or the pool is full.
 func (p *pool) put(c *conn) {
 	if c.broken || c.cl.dead() || p.d.closed.Load() || p.d.retired.Load() {
-		c.cl.close()
+		c.close()
 	} else {
 		select {
 		case p.idle <- c:
 		default:
-			c.cl.close()
+			c.close()
 		}
 	}
 	<-p.slots
 }
 
 func (p *pool) drain() {
+	for p.closeIdle() {
+	}
+}
+
+// closeIdle closes one idle connection, if there is one.
+func (p *pool) closeIdle() bool {
+	select {
+	case c := <-p.idle:
+		c.close()
+		return true
+	default:
+		return false
+	}
+}
+
+// closeIdleTo closes the idle connections to s.
+func (p *pool) closeIdleTo(s *server) {
+	var keep []*conn
 	for {
+		var c *conn
 		select {
-		case c := <-p.idle:
-			c.cl.close()
+		case c = <-p.idle:
 		default:
-			return
+		}
+		if c == nil {
+			break
+		}
+		if c.srv == s {
+			c.close()
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	for _, c := range keep {
+		select {
+		case p.idle <- c:
+		default:
+			c.close()
 		}
 	}
 }
@@ -165,52 +224,106 @@ func opDeadline(ctx context.Context, timeout time.Duration) time.Time {
 	return d
 }
 
-// dial connects to the first usable server: servers not recently failed
-// first, in configured order, then the failed ones (better to try than to
-// give up while one may be back).
-func (d *Directory) dial(ctx context.Context, r role) (*conn, error) {
+// attemptDeadline bounds one attempt (a dial, or an operation) on one
+// server: ldap.timeout, or the caller's deadline when sooner; and when
+// another server could still be tried after this one, at most half of
+// what is left of the caller's deadline, so that a server that accepts
+// connections and never answers leaves time for the next one within the
+// same request.
+func (d *Directory) attemptDeadline(ctx context.Context, more bool) time.Time {
+	now := time.Now()
+	dl := now.Add(d.cfg.Timeout)
+	cd, ok := ctx.Deadline()
+	if !ok {
+		return dl
+	}
+	if more {
+		if half := now.Add(cd.Sub(now) / 2); half.Before(dl) {
+			dl = half
+		}
+	}
+	if cd.Before(dl) {
+		dl = cd
+	}
+	return dl
+}
+
+// untried reports whether a server other than those in tried (and
+// except) is left.
+func (d *Directory) untried(tried []*server, except *server) bool {
+	for _, s := range d.servers {
+		if s != except && !contains(tried, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func contains(list []*server, s *server) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// dial connects to the first usable server not in tried (see eachServer).
+func (d *Directory) dial(ctx context.Context, r role, tried []*server) (*conn, error) {
 	var c *conn
-	err := d.eachServer(ctx, r.String(), func(s *server) error {
+	err := d.eachServer(ctx, r.String(), tried, func(s *server, deadline time.Time) error {
 		var err error
-		c, err = d.dialServer(ctx, s, r, d.cfg.Client)
+		c, err = d.dialServer(ctx, s, deadline, r, d.cfg.Client)
 		return err
 	})
 	return c, err
 }
 
 // eachServer calls try with the servers in dial's order until one
-// succeeds, marking those that fail as down.
-func (d *Directory) eachServer(ctx context.Context, what string, try func(*server) error) error {
-	now := time.Now()
+// succeeds, marking those that fail as down: servers that answer first, in
+// configured order, then the failed ones (better to try than to give up
+// while one may be back); never those in tried. Each try gets its own
+// deadline (attemptDeadline).
+func (d *Directory) eachServer(ctx context.Context, what string, tried []*server, try func(*server, time.Time) error) error {
 	var lastErr error
+	var order []*server
 	for pass := 0; pass < 2; pass++ {
 		for _, s := range d.servers {
-			if s.isDown(now) != (pass == 1) {
-				continue
+			if !contains(tried, s) && d.skip(s) == (pass == 1) {
+				order = append(order, s)
 			}
-			if err := ctx.Err(); err != nil {
-				if lastErr == nil {
-					lastErr = err
-				}
-				return lastErr
-			}
-			err := try(s)
-			if err == nil {
-				return nil
-			}
-			s.markDown()
-			lastErr = fmt.Errorf("%s: %w", s.url, err)
-			d.log.Debug("ldap server failed", "url", s.url, "role", what, "err", err)
 		}
+	}
+	for i, s := range order {
+		if err := ctx.Err(); err != nil {
+			if lastErr == nil {
+				lastErr = err
+			}
+			return lastErr
+		}
+		err := try(s, d.attemptDeadline(ctx, i < len(order)-1))
+		if err == nil {
+			// Not marked up yet: a black hole accepts TCP connections too.
+			// The first LDAP answer on the connection does (do), or a probe.
+			return nil
+		}
+		if !errors.Is(err, ErrServiceBind) { // the server answered: a configuration error
+			d.markDown(s, err)
+		}
+		lastErr = fmt.Errorf("%s: %w", s.url, err)
+		d.log.Debug("ldap server failed", "url", s.url, "role", what, "err", err)
+	}
+	if lastErr == nil {
+		lastErr = ldap.NewError(ldap.ErrorNetwork, errors.New("ldap: no server left to try"))
 	}
 	return lastErr
 }
 
 // dialServer is the one way a connection is made: TCP (and the TLS
 // handshake for ldaps://), StartTLS when configured, then the chosen client
-// on top and, for the search role, the service account's bind.
-func (d *Directory) dialServer(ctx context.Context, s *server, r role, kind string) (*conn, error) {
-	deadline := opDeadline(ctx, d.cfg.Timeout)
+// on top and, for the search role, the service account's bind, all before
+// deadline.
+func (d *Directory) dialServer(ctx context.Context, s *server, deadline time.Time, r role, kind string) (*conn, error) {
 	dl := net.Dialer{Deadline: deadline}
 	raw, err := dl.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
@@ -241,7 +354,7 @@ func (d *Directory) dialServer(ctx context.Context, s *server, r role, kind stri
 		cl = newGoLDAPConn(nc, s.tls != nil)
 	}
 	if r == roleSearch && d.cfg.BindDN != "" {
-		if err := cl.bind(d.cfg.BindDN, d.cfg.BindPassword); err != nil {
+		if _, err := cl.bind(d.cfg.BindDN, d.cfg.BindPassword, false); err != nil {
 			cl.close()
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
 				return nil, fmt.Errorf("%w (%s)", ErrServiceBind, d.cfg.BindDN)
@@ -258,11 +371,10 @@ func (d *Directory) dialServer(ctx context.Context, s *server, r role, kind stri
 
 var longAgo = time.Unix(1, 0)
 
-// run performs f on c with the operation deadline set on the connection;
-// ctx cancellation also interrupts it. timedOut reports that the deadline
-// (not the server) ended the operation.
-func (d *Directory) run(ctx context.Context, c *conn, f func(*conn) error) (timedOut bool, err error) {
-	deadline := opDeadline(ctx, d.cfg.Timeout)
+// run performs f on c with deadline set on the connection; ctx
+// cancellation also interrupts it. timedOut reports that the deadline (not
+// the server) ended the operation.
+func (d *Directory) run(ctx context.Context, c *conn, deadline time.Time, f func(*conn) error) (timedOut bool, err error) {
 	c.nc.SetDeadline(deadline)
 	var stop func() bool
 	if ctx.Done() != nil {
@@ -281,34 +393,102 @@ func (d *Directory) run(ctx context.Context, c *conn, f func(*conn) error) (time
 	return timedOut, err
 }
 
-// do runs f on a connection of pool p. A stale pooled connection (the
-// server restarted) gets one retry on a fresh connection; timeouts and LDAP
-// results (invalid credentials above all) are never retried.
+// do runs f on a connection of pool p, and on another one when the first
+// fails at the connection level, as long as the caller's deadline allows:
+//
+//   - A pooled connection that fails (the server closed it after its idle
+//     timeout or a restart, or it went silent) is retried once on a FRESH
+//     connection, never on the next idle one, which is likely as stale.
+//   - A server that fails on a fresh connection (refused, reset, no answer
+//     within the attempt's deadline) is marked down and the next server is
+//     tried in the same request; attemptDeadline splits the time left so
+//     that there is time for it. Once per request, a server that closed or
+//     refused a fresh connection (rather than not answering) gets a second
+//     fresh one.
+//
+// LDAP results (invalid credentials above all) are answers: never retried.
 func (d *Directory) do(ctx context.Context, p *pool, f func(*conn) error) (srv string, err error) {
-	for attempt := 0; ; attempt++ {
-		c, err := p.get(ctx)
+	var tried []*server
+	fresh := false
+	// once: one more fresh attempt, on the same servers, after a server
+	// closed or refused a fresh connection (not after a timeout): a server
+	// reaping connections under load, or restarting, costs an instant.
+	once := true
+	var lastErr error
+	for {
+		c, err := p.get(ctx, fresh, tried)
 		if err != nil {
+			if once && fresh && retryable(ctx, err) {
+				once = false
+				lastErr = err
+				continue
+			}
+			if lastErr != nil && (errors.Is(err, ErrBusy) || ctx.Err() != nil) {
+				err = lastErr // say why the first attempt failed, not that the retry could not start
+			}
 			return "", timeoutErr(ctx, err)
 		}
-		timedOut, err := d.run(ctx, c, f)
+		more := c.reused || d.untried(tried, c.srv)
+		timedOut, err := d.run(ctx, c, d.attemptDeadline(ctx, more), f)
 		if err == nil || !IsConnection(err) {
+			d.markUp(c.srv)
 			p.put(c)
 			return c.srv.url, err
 		}
 		c.broken = true
 		p.put(c)
-		if timedOut || !c.reused {
-			c.srv.markDown()
+		if timedOut {
+			lastErr = fmt.Errorf("%s: %w: %w", c.srv.url, ErrTimeout, err)
+		} else {
+			lastErr = fmt.Errorf("%s: %w", c.srv.url, err)
 		}
-		if timedOut || !c.reused || attempt > 0 || ctx.Err() != nil {
+		switch {
+		case c.reused && !fresh:
+			// Stale, most likely; the server may be fine. A timeout
+			// still marks it down (it may be hung): the retry then
+			// prefers another server, and the prober clears the mark as
+			// soon as this one answers.
 			if timedOut {
-				err = fmt.Errorf("%s: %w: %w", c.srv.url, ErrTimeout, err)
-			} else {
-				err = fmt.Errorf("%s: %w", c.srv.url, err)
+				// Went silent while idle (a middlebox dropped it) or the
+				// server hangs: the other idle connections to it, no
+				// younger, are no better. Close them rather than let
+				// the next requests wait on them too.
+				d.markDown(c.srv, err)
+				d.search.closeIdleTo(c.srv)
+				d.bind.closeIdleTo(c.srv)
 			}
-			return c.srv.url, err
+		case once && !timedOut:
+			once = false
+			d.markDown(c.srv, err)
+		default:
+			d.markDown(c.srv, err)
+			tried = append(tried, c.srv)
 		}
+		stale := !fresh
+		fresh = true
+		if ctx.Err() != nil || !d.untried(tried, nil) {
+			return c.srv.url, lastErr
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= 0 {
+			return c.srv.url, lastErr
+		}
+		if stale && c.reused {
+			d.stats.staleRetries.Add(1)
+		} else {
+			d.stats.failovers.Add(1)
+		}
+		d.log.Debug("ldap operation failed, retrying on a fresh connection", "url", c.srv.url, "role", p.role, "err", err)
 	}
+}
+
+// retryable reports a failed dial worth one more try: the server closed
+// or refused the connection; not a timeout (the time is spent), a busy
+// pool, a refused certificate or service account (the same again).
+func retryable(ctx context.Context, err error) bool {
+	var ne net.Error
+	return ctx.Err() == nil && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrClosed) &&
+		!errors.Is(err, ErrServiceBind) && !IsCertificate(err) && !errors.Is(err, ErrTimeout) &&
+		!errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 // timeoutErr marks a dial that ended by a deadline (the caller's or ours)

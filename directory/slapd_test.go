@@ -159,7 +159,7 @@ func TestPoolKeepsConnectionsAbovePoolSize(t *testing.T) {
 	for _, p := range []*pool{d.search, d.bind} {
 		var held []*conn
 		for range d.cfg.MaxConns {
-			c, err := p.get(context.Background())
+			c, err := p.get(context.Background(), false, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -173,7 +173,7 @@ func TestPoolKeepsConnectionsAbovePoolSize(t *testing.T) {
 		}
 		// And they are reused: taking them again dials nothing new.
 		for range d.cfg.MaxConns {
-			c, err := p.get(context.Background())
+			c, err := p.get(context.Background(), false, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -198,7 +198,7 @@ func TestStaleConnsAfterRestart(t *testing.T) {
 			for _, p := range []*pool{d.bind, d.search} {
 				var mine []*conn
 				for range 4 {
-					c, err := p.get(ctx)
+					c, err := p.get(ctx, false, nil)
 					if err != nil {
 						t.Fatal(err)
 					}

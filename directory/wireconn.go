@@ -116,26 +116,28 @@ func connErr(format string, args ...any) error {
 
 var errConnDead = connErr("ldap: connection already failed")
 
-// bind performs a simple bind as dn with password pw. nil means the server
-// answered success (resultCode 0) to exactly this request.
-func (b *wireConn) bind(dn, pw string) error {
+// bind performs a simple bind as dn with password pw, with the password
+// policy request control when policy is set. A nil error means the server
+// answered success (resultCode 0) to exactly this request; the Policy is
+// what its response controls said, whatever the result.
+func (b *wireConn) bind(dn, pw string, policy bool) (Policy, error) {
 	if b.failed {
-		return errConnDead
+		return Policy{}, errConnDead
 	}
 	if pw == "" { // RFC 4513 unauthenticated bind: never (the callers check too)
-		return ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
+		return Policy{}, ldap.NewError(ldap.ErrorEmptyPassword, errors.New("ldap: empty password not allowed by the client"))
 	}
 	id := b.nextID()
-	b.out = appendBindRequest(b.out[:0], id, dn, pw)
+	b.out = appendBindRequest(b.out[:0], id, dn, pw, policy)
 	if err := b.send("bind"); err != nil {
-		return err
+		return Policy{}, err
 	}
 	res, err := b.readResponse(id, tagBindResponse)
 	if err != nil {
 		b.failed = true
-		return err
+		return Policy{}, err
 	}
-	return res.err()
+	return res.policy, res.err()
 }
 
 // send writes the request built in b.out in one write, then clears b.out
@@ -196,6 +198,7 @@ type ldapResult struct {
 	diag    string
 	name    []byte // ExtendedResponse responseName, nil if absent
 	extra   bool   // more bytes followed the message in the same read
+	policy  Policy // a BindResponse's password controls
 }
 
 func (r *ldapResult) err() error {
@@ -212,6 +215,10 @@ func (r *ldapResult) err() error {
 func (b *wireConn) readResponse(id int32, op byte) (ldapResult, error) {
 	body, err := b.readMessage(maxResponseMessage)
 	if err != nil {
+		var tl *tooLargeError
+		if errors.As(err, &tl) {
+			err = connErr("%v", tl)
+		}
 		return ldapResult{}, err
 	}
 	res, err := parseResponse(body, id, op)
@@ -305,9 +312,18 @@ func messageHeader(p []byte, limit int) (hdr, size int, err error) {
 		size = size<<8 | int(c)
 	}
 	if size > limit {
-		return 0, 0, connErr("ldap: response of %d bytes exceeds %d", size, limit)
+		return 0, 0, &tooLargeError{size, limit}
 	}
 	return 2 + k, size, nil
+}
+
+// tooLargeError is a message longer than the caller's limit: a
+// connection error for a bind or StartTLS response, ErrEntryTooLarge for a
+// search entry.
+type tooLargeError struct{ size, limit int }
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("ldap: response of %d bytes exceeds %d", e.size, e.limit)
 }
 
 // nextTLV splits the first element off p: its tag, its contents and what
@@ -363,31 +379,35 @@ func nonNegInt(v []byte) (n int, ok bool) {
 // It accepts only that shape, for request id and operation op; elements
 // the grammar does not have are refused rather than skipped.
 func parseResponse(body []byte, id int32, op byte) (ldapResult, error) {
-	tag, opv, err := parseMessage(body, id)
+	tag, opv, controls, err := parseMessage(body, id)
 	if err != nil {
 		return ldapResult{}, err
 	}
 	if tag != op {
 		return ldapResult{}, connErr("ldap: unexpected response (tag 0x%02x) to message %d", tag, id)
 	}
-	return parseResult(opv, op)
+	res, err := parseResult(opv, op)
+	if err == nil && op == tagBindResponse && len(controls) > 0 {
+		res.policy, err = parsePolicy(controls)
+	}
+	return res, err
 }
 
 // parseMessage checks that an LDAPMessage answers request id, with
-// well-formed controls (none acted on), and returns its protocolOp's tag
-// and contents.
-func parseMessage(body []byte, id int32) (tag byte, op []byte, err error) {
+// well-formed controls, and returns its protocolOp's tag and contents and
+// the contents of its controls (nil when it has none).
+func parseMessage(body []byte, id int32) (tag byte, op, controls []byte, err error) {
 	tag, v, rest, err := nextTLV(body)
 	if err != nil || tag != tagInteger {
-		return 0, nil, errMalformed
+		return 0, nil, nil, errMalformed
 	}
 	gotID, ok := nonNegInt(v)
 	if !ok {
-		return 0, nil, errMalformed
+		return 0, nil, nil, errMalformed
 	}
 	tag, op, rest, err = nextTLV(rest)
 	if err != nil {
-		return 0, nil, errMalformed
+		return 0, nil, nil, errMalformed
 	}
 	if gotID == 0 {
 		// An unsolicited notification, such as the notice of disconnection
@@ -398,18 +418,19 @@ func parseMessage(body []byte, id int32) (tag byte, op []byte, err error) {
 				msg = fmt.Sprintf("%s %s: result %d %q", msg, r.name, r.code, r.diag)
 			}
 		}
-		return 0, nil, connErr("ldap: %s", msg)
+		return 0, nil, nil, connErr("ldap: %s", msg)
 	}
 	if gotID != int(id) {
-		return 0, nil, connErr("ldap: response to message %d, expected %d", gotID, id)
+		return 0, nil, nil, connErr("ldap: response to message %d, expected %d", gotID, id)
 	}
 	if len(rest) > 0 {
 		ctag, v, rest, err := nextTLV(rest)
 		if err != nil || ctag != tagControls || len(rest) > 0 || !validControls(v) {
-			return 0, nil, errMalformed
+			return 0, nil, nil, errMalformed
 		}
+		controls = v
 	}
-	return tag, op, nil
+	return tag, op, controls, nil
 }
 
 func parseResult(p []byte, op byte) (ldapResult, error) {
@@ -579,16 +600,34 @@ func appendString(dst []byte, tag byte, s string) []byte {
 // appendBindRequest appends
 //
 //	LDAPMessage { id, BindRequest { version 3, name dn, authentication simple pw } }
-func appendBindRequest(dst []byte, id int32, dn, pw string) []byte {
+//
+// and, with policy, the controls
+//
+//	[0] { Control { controlType 1.3.6.1.4.1.42.2.27.8.5.1 } }
+//
+// (the password policy request: no value, not critical).
+func appendBindRequest(dst []byte, id int32, dn, pw string, policy bool) []byte {
 	op := 3 + tlvLen(len(dn)) + tlvLen(len(pw))
+	ctrl := 0
+	if policy {
+		ctrl = tlvLen(tlvLen(tlvLen(len(OIDPasswordPolicy))))
+	}
 	dst = append(dst, tagSequence)
-	dst = appendLen(dst, 2+intLen(id)+tlvLen(op))
+	dst = appendLen(dst, 2+intLen(id)+tlvLen(op)+ctrl)
 	dst = appendInt(dst, id)
 	dst = append(dst, tagBindRequest)
 	dst = appendLen(dst, op)
 	dst = append(dst, tagInteger, 1, 3)
 	dst = appendString(dst, tagOctets, dn)
-	return appendString(dst, tagSimpleAuth, pw)
+	dst = appendString(dst, tagSimpleAuth, pw)
+	if policy {
+		dst = append(dst, tagControls)
+		dst = appendLen(dst, tlvLen(tlvLen(len(OIDPasswordPolicy))))
+		dst = append(dst, tagSequence)
+		dst = appendLen(dst, tlvLen(len(OIDPasswordPolicy)))
+		dst = appendString(dst, tagOctets, OIDPasswordPolicy)
+	}
+	return dst
 }
 
 // appendUnbindRequest appends

@@ -12,8 +12,9 @@ import (
 	"github.com/go-ldap/ldap/v3"
 )
 
-// berBindRequest is the BindRequest as go-ldap builds it (bind.go).
-func berBindRequest(id int32, dn, pw string) []byte {
+// berBindRequest is the BindRequest as go-ldap builds it (bind.go), with
+// the password policy request control (control.go) when policy is set.
+func berBindRequest(id int32, dn, pw string, policy bool) []byte {
 	p := ber.Encode(ber.ClassUniversal, ber.TypeConstructed, ber.TagSequence, nil, "LDAP Request")
 	p.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, int64(id), "MessageID"))
 	r := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ldap.ApplicationBindRequest, nil, "Bind Request")
@@ -21,28 +22,41 @@ func berBindRequest(id int32, dn, pw string) []byte {
 	r.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, dn, "User Name"))
 	r.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, pw, "Password"))
 	p.AppendChild(r)
+	if policy {
+		cs := ber.Encode(ber.ClassContext, ber.TypeConstructed, 0, nil, "Controls")
+		cs.AppendChild(ldap.NewControlBeheraPasswordPolicy().Encode())
+		p.AppendChild(cs)
+	}
 	return p.Bytes()
 }
 
 func TestAppendBindRequestMatchesGoLDAP(t *testing.T) {
 	ids := []int32{1, 2, 127, 128, 255, 256, 32767, 32768, 1 << 23, 1<<31 - 1}
 	sizes := []int{0, 1, 50, 110, 127, 128, 200, 255, 256, 4096, 65535, 65536, 70000}
-	for _, id := range ids {
-		for _, n := range sizes {
-			dn := "uid=" + strings.Repeat("d", n) + ",dc=example,dc=org"
-			pw := strings.Repeat("p", n)
-			got := appendBindRequest(nil, id, dn, pw)
-			want := berBindRequest(id, dn, pw)
-			if !bytes.Equal(got, want) {
-				t.Fatalf("id %d size %d:\n got %x\nwant %x", id, n, got[:min(len(got), 40)], want[:min(len(want), 40)])
+	for _, policy := range []bool{false, true} {
+		for _, id := range ids {
+			for _, n := range sizes {
+				dn := "uid=" + strings.Repeat("d", n) + ",dc=example,dc=org"
+				pw := strings.Repeat("p", n)
+				got := appendBindRequest(nil, id, dn, pw, policy)
+				want := berBindRequest(id, dn, pw, policy)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("policy %v id %d size %d:\n got %x\nwant %x", policy, id, n, got[:min(len(got), 40)], want[:min(len(want), 40)])
+				}
 			}
 		}
 	}
-	// And one checked by hand (RFC 4511 4.2).
-	got := hex.EncodeToString(appendBindRequest(nil, 2, "cn=a", "pw"))
+	// And two checked by hand (RFC 4511 4.2; 4.1.11 for the control).
+	got := hex.EncodeToString(appendBindRequest(nil, 2, "cn=a", "pw", false))
 	want := "3012" + "020102" + "600d" + "020103" + "0404636e3d61" + "80027077"
 	if got != want {
 		t.Errorf("bind request %s, want %s", got, want)
+	}
+	got = hex.EncodeToString(appendBindRequest(nil, 2, "cn=a", "pw", true))
+	want = "3031" + "020102" + "600d" + "020103" + "0404636e3d61" + "80027077" +
+		"a01d" + "301b" + "0419" + hex.EncodeToString([]byte(OIDPasswordPolicy))
+	if got != want {
+		t.Errorf("bind request with the policy control %s, want %s", got, want)
 	}
 }
 
@@ -237,22 +251,22 @@ func fakeServer(t *testing.T, reply []byte) *wireConn {
 func TestBindOverConnection(t *testing.T) {
 	b := fakeServer(t, msg(id7, bindResp("31")))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) || b.failed {
+	if _, err := b.bind("cn=a", "pw", false); !ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) || b.failed {
 		t.Errorf("invalid credentials: err %v dead %v", err, b.failed)
 	}
 
 	b = fakeServer(t, msg("020100", bindResp("34")))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed {
+	if _, err := b.bind("cn=a", "pw", false); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed {
 		t.Errorf("notice of disconnection: err %v dead %v", err, b.failed)
 	}
-	if err := b.bind("cn=a", "pw"); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
+	if _, err := b.bind("cn=a", "pw", false); !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
 		t.Errorf("dead connection reused: %v", err)
 	}
 
 	b = fakeServer(t, nil) // never answers
 	b.nc.SetDeadline(time.Now().Add(100 * time.Millisecond))
-	err := b.bind("cn=a", "pw")
+	_, err := b.bind("cn=a", "pw", false)
 	if !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed || !strings.Contains(err.Error(), "i/o timeout") {
 		t.Errorf("no answer: err %v dead %v", err, b.failed)
 	}
@@ -261,7 +275,7 @@ func TestBindOverConnection(t *testing.T) {
 	}
 
 	b = fakeServer(t, nil)
-	if err := b.bind("cn=a", ""); !ldap.IsErrorWithCode(err, ldap.ErrorEmptyPassword) {
+	if _, err := b.bind("cn=a", "", false); !ldap.IsErrorWithCode(err, ldap.ErrorEmptyPassword) {
 		t.Errorf("empty password: %v", err)
 	}
 }
@@ -269,7 +283,7 @@ func TestBindOverConnection(t *testing.T) {
 func TestBindClearsPasswordFromBuffer(t *testing.T) {
 	b := fakeServer(t, msg(id7, bindResp("00")))
 	b.nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := b.bind("cn=a", "sekrit-password"); err != nil {
+	if _, err := b.bind("cn=a", "sekrit-password", false); err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Contains(b.out[:cap(b.out)], []byte("sekrit-password")) || bytes.Contains(b.in[:cap(b.in)], []byte("sekrit-password")) {
@@ -294,6 +308,8 @@ func FuzzReadBindResponse(f *testing.F) {
 	f.Add(msg("020100", bindResp("00")), int32(7))
 	f.Add(nonMinimal(msg(id7, bindResp("00"))), int32(7))
 	f.Add(msg("02020080", bindResp("00", "8700")), int32(128))
+	f.Add(msg(id7, bindResp("31"), hexTLV(tagControls, ctrl(OIDPasswordPolicy, false, "308400000003810101"))), int32(7))
+	f.Add(msg(id7, bindResp("00"), hexTLV(tagControls, ctrl(OIDPasswordPolicy, false, "3005a003810101")+ctrl(OIDPasswordExpired, false, ascii("0")))), int32(7))
 	f.Fuzz(func(t *testing.T, data []byte, id int32) {
 		if id <= 0 {
 			id = 1

@@ -5,6 +5,9 @@ package directory
 // SearchResultReference messages up to the SearchResultDone.
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/go-ldap/ldap/v3"
 )
 
@@ -15,16 +18,30 @@ const (
 	tagSearchReference = 0x73 // [APPLICATION 19] constructed
 	tagSet             = 0x31
 
-	// maxSearchMessage bounds one entry. A login fetches a handful of
-	// attributes; an entry with a long list of hosts or addresses still
-	// fits many times over.
-	maxSearchMessage = 256 << 10
+	// maxSearchMessage bounds one entry (MaxEntrySize). A login fetches
+	// a handful of attributes; an entry with a long list of hosts or
+	// addresses, or a 300 KB jpegPhoto an admin listed in ldap.attributes,
+	// still fits. The read buffer grows to the entry and is dropped after
+	// the operation.
+	maxSearchMessage = MaxEntrySize
 	// maxEntries applies when a request sets no size limit (a login's
-	// search always sets one); maxReferences bounds continuation
-	// references, which are not followed.
-	maxEntries    = 16
-	maxReferences = 16
+	// search always sets one).
+	maxEntries = 16
 )
+
+// maxReferences and maxReferenceBytes bound the continuation references
+// of one search (RFC 4511 4.5.3; one per referral object in scope, or per
+// partition of an AD forest), which are skipped, not followed. Variables
+// for tests only.
+var (
+	maxReferences     = 1024
+	maxReferenceBytes = 256 << 10
+)
+
+// MaxEntrySize is the largest search result entry the wire client
+// accepts (go-ldap has no limit); a bigger one fails that search with
+// ErrEntryTooLarge.
+const MaxEntrySize = 1 << 20
 
 // searchRequest is what a login's search sets of a SearchRequest; the rest
 // is fixed: derefAliases never, typesOnly false.
@@ -69,13 +86,20 @@ func (b *wireConn) readSearch(id, sizeLimit int32) (*ldap.SearchResult, error) {
 		limit = int(sizeLimit)
 	}
 	res := &ldap.SearchResult{}
-	refs := 0
+	refs, refBytes := 0, 0
 	for {
 		body, err := b.readMessage(maxSearchMessage)
 		if err != nil {
+			var tl *tooLargeError
+			if errors.As(err, &tl) {
+				// The server is fine; this entry is not for us. The rest of
+				// the answer is not read: the connection goes.
+				b.failed = true
+				return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrEntryTooLarge, tl.size, tl.limit)
+			}
 			return nil, err
 		}
-		tag, op, err := parseMessage(body, id)
+		tag, op, _, err := parseMessage(body, id)
 		if err != nil {
 			return nil, err
 		}
@@ -91,8 +115,16 @@ func (b *wireConn) readSearch(id, sizeLimit int32) (*ldap.SearchResult, error) {
 			res.Entries = append(res.Entries, e)
 		case tagSearchReference:
 			// Not followed (as Cyrus and go-ldap's Search); still checked.
-			if refs++; refs > maxReferences || len(op) == 0 || !allTagged(op, tagOctets) {
+			if len(op) == 0 || !allTagged(op, tagOctets) {
 				return nil, errMalformed
+			}
+			refs++
+			refBytes += len(op)
+			if refs > maxReferences || refBytes > maxReferenceBytes {
+				// Not a protocol error: the server is fine, this search
+				// is not. The rest of the answer is not read.
+				b.failed = true
+				return nil, fmt.Errorf("%w: more than %d references or %d bytes of them", ErrReferences, maxReferences, maxReferenceBytes)
 			}
 		case tagSearchDone:
 			done, err := parseResult(op, tagSearchDone)

@@ -134,39 +134,45 @@ func TestReadSearch(t *testing.T) {
 		data    []byte
 		limit   int32
 		entries []entryWant
-		code    int  // LDAP result code of an answer
-		conn    bool // a connection error instead
+		code    int   // LDAP result code of an answer
+		conn    bool  // a connection error instead
+		is      error // or this error, the connection dropped but the server not at fault
 	}{
-		{"one entry", cat(alice, doneMsg("00")), 2, []entryWant{aliceWant}, 0, false},
-		{"no attributes", cat(bob, doneMsg("00")), 2, []entryWant{bobWant}, 0, false},
-		{"no entry", doneMsg("00"), 2, nil, 0, false},
-		{"no such object", doneMsg("20"), 2, nil, 32, false},
-		{"two entries, size limit exceeded", cat(alice, bob, doneMsg("04")), 2, []entryWant{aliceWant, bobWant}, 4, false},
+		{"one entry", cat(alice, doneMsg("00")), 2, []entryWant{aliceWant}, 0, false, nil},
+		{"no attributes", cat(bob, doneMsg("00")), 2, []entryWant{bobWant}, 0, false, nil},
+		{"no entry", doneMsg("00"), 2, nil, 0, false, nil},
+		{"no such object", doneMsg("20"), 2, nil, 32, false, nil},
+		{"two entries, size limit exceeded", cat(alice, bob, doneMsg("04")), 2, []entryWant{aliceWant, bobWant}, 4, false, nil},
 		{"entry with controls", cat(msg(id7, hexTLV(tagSearchEntry, hexTLV(tagOctets, "613d62")+"3000"), hexTLV(tagControls, hexTLV(tagSequence, "0403312e32"))), doneMsg("00")),
-			2, []entryWant{{"a=b", map[string][]string{}}}, 0, false},
+			2, []entryWant{{"a=b", map[string][]string{}}}, 0, false, nil},
 		{"attribute without values", cat(entryMsg("a=b", hexTLV(tagSequence, hexTLV(tagOctets, "68")+"3100")), doneMsg("00")),
-			2, []entryWant{{"a=b", map[string][]string{"h": {}}}}, 0, false},
-		{"reference ignored", cat(refMsg("ldap://other/"), alice, doneMsg("00")), 2, []entryWant{aliceWant}, 0, false},
-		{"done with referral", cat(doneMsg("0a", hexTLV(tagReferral, hexTLV(tagOctets, "6c")))), 2, nil, 10, false},
-		{"entry over 64 KiB", cat(big, doneMsg("00")), 2, []entryWant{{"uid=big,dc=org", map[string][]string{"host": {strings.Repeat("h", 70000)}}}}, 0, false},
+			2, []entryWant{{"a=b", map[string][]string{"h": {}}}}, 0, false, nil},
+		{"reference ignored", cat(refMsg("ldap://other/"), alice, doneMsg("00")), 2, []entryWant{aliceWant}, 0, false, nil},
+		{"done with referral", cat(doneMsg("0a", hexTLV(tagReferral, hexTLV(tagOctets, "6c")))), 2, nil, 10, false, nil},
+		{"entry over 64 KiB", cat(big, doneMsg("00")), 2, []entryWant{{"uid=big,dc=org", map[string][]string{"host": {strings.Repeat("h", 70000)}}}}, 0, false, nil},
 
-		{"more entries than the size limit", cat(alice, bob, doneMsg("00")), 1, nil, 0, true},
-		{"no done", alice, 2, nil, 0, true},
-		{"nothing", nil, 2, nil, 0, true},
-		{"empty DN", cat(entryMsg(""), doneMsg("00")), 2, nil, 0, true},
-		{"empty attribute type", cat(entryMsg("a=b", attr("", "x")), doneMsg("00")), 2, nil, 0, true},
-		{"value not an octet string", cat(entryMsg("a=b", hexTLV(tagSequence, hexTLV(tagOctets, "68")+hexTLV(tagSet, "020101"))), doneMsg("00")), 2, nil, 0, true},
-		{"vals not a set", cat(entryMsg("a=b", hexTLV(tagSequence, hexTLV(tagOctets, "68")+hexTLV(tagSequence, ""))), doneMsg("00")), 2, nil, 0, true},
-		{"attribute list not a sequence", cat(msg(id7, hexTLV(tagSearchEntry, hexTLV(tagOctets, "613d62")+"3100")), doneMsg("00")), 2, nil, 0, true},
-		{"bytes after the attribute list", cat(msg(id7, hexTLV(tagSearchEntry, hexTLV(tagOctets, "613d62")+"3000"+"0400")), doneMsg("00")), 2, nil, 0, true},
-		{"truncated entry", cat(msg(id7, hexTLV(tagSearchEntry, hexTLV(tagOctets, "613d62")+"3005")), doneMsg("00")), 2, nil, 0, true},
-		{"empty reference", cat(refMsg(), doneMsg("00")), 2, nil, 0, true},
-		{"too many references", cat(bytes.Repeat(refMsg("ldap://x/"), maxReferences+1), doneMsg("00")), 2, nil, 0, true},
-		{"other message ID", cat(msg("020108", hexTLV(tagSearchDone, "0a0100"+"0400"+"0400"))), 2, nil, 0, true},
-		{"notice of disconnection", msg("020100", hexTLV(tagExtendedResponse, "0a0134"+"0400"+"0400")), 2, nil, 0, true},
-		{"bind response", msg(id7, bindResp("00")), 2, nil, 0, true},
-		{"done with SASL creds", doneMsg("00", "8700"), 2, nil, 0, true},
-		{"entry over the limit", cat(entryMsg("a=b", attr("h", strings.Repeat("x", maxSearchMessage))), doneMsg("00")), 2, nil, 0, true},
+		{"more entries than the size limit", cat(alice, bob, doneMsg("00")), 1, nil, 0, true, nil},
+		{"no done", alice, 2, nil, 0, true, nil},
+		{"nothing", nil, 2, nil, 0, true, nil},
+		{"empty DN", cat(entryMsg(""), doneMsg("00")), 2, nil, 0, true, nil},
+		{"empty attribute type", cat(entryMsg("a=b", attr("", "x")), doneMsg("00")), 2, nil, 0, true, nil},
+		{"value not an octet string", cat(entryMsg("a=b", hexTLV(tagSequence, hexTLV(tagOctets, "68")+hexTLV(tagSet, "020101"))), doneMsg("00")), 2, nil, 0, true, nil},
+		{"vals not a set", cat(entryMsg("a=b", hexTLV(tagSequence, hexTLV(tagOctets, "68")+hexTLV(tagSequence, ""))), doneMsg("00")), 2, nil, 0, true, nil},
+		{"attribute list not a sequence", cat(msg(id7, hexTLV(tagSearchEntry, hexTLV(tagOctets, "613d62")+"3100")), doneMsg("00")), 2, nil, 0, true, nil},
+		{"bytes after the attribute list", cat(msg(id7, hexTLV(tagSearchEntry, hexTLV(tagOctets, "613d62")+"3000"+"0400")), doneMsg("00")), 2, nil, 0, true, nil},
+		{"truncated entry", cat(msg(id7, hexTLV(tagSearchEntry, hexTLV(tagOctets, "613d62")+"3005")), doneMsg("00")), 2, nil, 0, true, nil},
+		{"empty reference", cat(refMsg(), doneMsg("00")), 2, nil, 0, true, nil},
+		{"20 references skipped", cat(bytes.Repeat(refMsg("ldap://127.0.0.1:1/cn=referral,dc=elsewhere"), 20), alice, doneMsg("00")), 2, []entryWant{aliceWant}, 0, false, nil},
+		{"as many references as allowed", cat(bytes.Repeat(refMsg("ldap://x/"), maxReferences), doneMsg("00")), 2, nil, 0, false, nil},
+		{"too many references", cat(bytes.Repeat(refMsg("ldap://x/"), maxReferences+1), doneMsg("00")), 2, nil, 0, false, ErrReferences},
+		{"too many bytes of references", cat(bytes.Repeat(refMsg(strings.Repeat("u", 60000)), 5), doneMsg("00")), 2, nil, 0, false, ErrReferences},
+		{"other message ID", cat(msg("020108", hexTLV(tagSearchDone, "0a0100"+"0400"+"0400"))), 2, nil, 0, true, nil},
+		{"notice of disconnection", msg("020100", hexTLV(tagExtendedResponse, "0a0134"+"0400"+"0400")), 2, nil, 0, true, nil},
+		{"bind response", msg(id7, bindResp("00")), 2, nil, 0, true, nil},
+		{"done with SASL creds", doneMsg("00", "8700"), 2, nil, 0, true, nil},
+		{"entry of 300 KB", cat(entryMsg("a=b", attr("jpegPhoto", strings.Repeat("x", 300000))), doneMsg("00")), 2,
+			[]entryWant{{"a=b", map[string][]string{"jpegPhoto": {strings.Repeat("x", 300000)}}}}, 0, false, nil},
+		{"entry over the limit", cat(entryMsg("a=b", attr("h", strings.Repeat("x", maxSearchMessage))), doneMsg("00")), 2, nil, 0, false, ErrEntryTooLarge},
 	}
 	readers := map[string]func([]byte) io.Reader{
 		"whole":    func(p []byte) io.Reader { return bytes.NewReader(p) },
@@ -175,6 +181,12 @@ func TestReadSearch(t *testing.T) {
 	for rname, mk := range readers {
 		for _, tt := range tests {
 			b, res, err := readSearchBytes(mk(tt.data), tt.limit)
+			if tt.is != nil {
+				if !errors.Is(err, tt.is) || IsConnection(err) || !b.failed {
+					t.Errorf("%s, %s: err %v dead %v, want %v (not a connection error) and the connection dropped", rname, tt.name, err, b.failed, tt.is)
+				}
+				continue
+			}
 			if tt.conn {
 				if !ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || !b.failed {
 					t.Errorf("%s, %s: err %v dead %v, want a connection error", rname, tt.name, err, b.failed)
@@ -244,7 +256,8 @@ func TestSearchOverConnection(t *testing.T) {
 }
 
 // FuzzReadSearch: the reader never panics or loops, fails only with
-// connection errors or the server's result code, and every entry it
+// connection errors, the server's result code or one of its bounds (too
+// many references, an entry too large), and every entry it
 // returns is what an independent BER decoder (go-asn1-ber) reads in the
 // same bytes.
 func FuzzReadSearch(f *testing.F) {
@@ -252,11 +265,18 @@ func FuzzReadSearch(f *testing.F) {
 	f.Add(cat(entryMsg("a=b"), entryMsg("c=d"), doneMsg("04")), int32(2))
 	f.Add(cat(refMsg("ldap://x/"), doneMsg("00")), int32(0))
 	f.Add(doneMsg("20"), int32(1))
+	f.Add(cat(bytes.Repeat(refMsg("ldap://127.0.0.1:1/cn=r,dc=x"), 20), entryMsg("a=b"), doneMsg("00")), int32(2))
 	f.Fuzz(func(t *testing.T, data []byte, limit int32) {
 		if limit < 0 {
 			limit = 0
 		}
-		_, res, err := readSearchBytes(bytes.NewReader(data), limit)
+		b, res, err := readSearchBytes(bytes.NewReader(data), limit)
+		if errors.Is(err, ErrReferences) || errors.Is(err, ErrEntryTooLarge) {
+			if !b.failed || res != nil {
+				t.Fatalf("bound hit: connection kept or entries returned")
+			}
+			return
+		}
 		var le *ldap.Error
 		if err != nil && !errors.As(err, &le) {
 			t.Fatalf("error is not an *ldap.Error: %v", err)

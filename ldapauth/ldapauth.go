@@ -7,7 +7,6 @@ package ldapauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -111,6 +110,9 @@ func (a *Authenticator) Explain(ctx context.Context, req auth.Request, w io.Writ
 	return v
 }
 
+// explainer writes --explain's steps; nil when nobody asked. Callers on
+// the login path test for nil before calling step: its arguments would
+// otherwise be boxed (allocated) on every login for nothing.
 type explainer struct{ w io.Writer }
 
 func (e *explainer) step(format string, args ...any) {
@@ -152,25 +154,9 @@ func (a *Authenticator) decide(ctx context.Context, req auth.Request, m mode, ex
 func unknownUser() auth.Verdict { return auth.Rejected(auth.CauseUnknownUser, "unknown user") }
 
 // unavailable turns a transport error into a TempFail whose reason names
-// the kind of failure.
+// the kind of failure (directory.Reason).
 func unavailable(err error) auth.Verdict {
-	why := "connection failed"
-	var le *ldap.Error
-	switch {
-	case errors.Is(err, directory.ErrBusy):
-		why = "all connections busy"
-	case errors.Is(err, directory.ErrClosed):
-		why = "shutting down"
-	case errors.Is(err, directory.ErrServiceBind):
-		why = "service account bind refused"
-	case directory.IsCertificate(err):
-		why = "server certificate not trusted"
-	case errors.Is(err, directory.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		why = "timeout"
-	case errors.As(err, &le) && le.ResultCode < ldap.ErrorNetwork:
-		why = "result " + strconv.Itoa(int(le.ResultCode))
-	}
-	return auth.TempFailed(auth.CauseUnavailable, "ldap unavailable: "+why)
+	return auth.TempFailed(auth.CauseUnavailable, "ldap unavailable: "+directory.Reason(err))
 }
 
 func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mode, ex *explainer, d *decision) auth.Verdict {
@@ -200,7 +186,9 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 
 	if m == modeAuth && a.throttle != nil {
 		if v := a.throttle.Before(ctx, req); v != nil {
-			ex.step("throttle: %s: refused without asking the directory", v.Reason)
+			if ex != nil {
+				ex.step("throttle: %s: refused without asking the directory", v.Reason)
+			}
 			return *v
 		}
 	}
@@ -209,7 +197,9 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	fb, err := expand(buf[:0], a.cfg.Filter, &tv, ldap.EscapeFilter)
 	if err != nil {
 		d.detail = "filter: " + err.Error()
-		ex.step("filter %s: %v: no entry can match", a.cfg.Filter, err)
+		if ex != nil {
+			ex.step("filter %s: %v: no entry can match", a.cfg.Filter, err)
+		}
 		return unknownUser()
 	}
 	filter := string(fb)
@@ -218,7 +208,9 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 		bb, err := expand(nil, base, &tv, ldap.EscapeDN)
 		if err != nil {
 			d.detail = "base: " + err.Error()
-			ex.step("base %s: %v: no entry can match", a.cfg.Base, err)
+			if ex != nil {
+				ex.step("base %s: %v: no entry can match", a.cfg.Base, err)
+			}
 			return unknownUser()
 		}
 		base = string(bb)
@@ -229,24 +221,25 @@ func (a *Authenticator) decideInner(ctx context.Context, req auth.Request, m mod
 	var entry *ldap.Entry
 	if m == modeAuth && !a.baseHasTokens {
 		if me := a.mirrored(&tv); me != nil {
-			ex.step("user found in the local mirror: %s", me.DN)
+			if ex != nil {
+				ex.step("user found in the local mirror: %s", me.DN)
+			}
 			if v := a.guard(ctx, req, me.DN, ex, d); v != nil {
 				return *v
 			}
-			_, err := a.dir.Bind(ctx, me.DN, req.Password)
-			switch {
-			case err == nil:
-				entry = me
-				d.dn = me.DN
-				ex.step("password: ok (bind as user)")
-			case ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials):
+			br, err := a.dir.Bind(ctx, me.DN, req.Password)
+			if ans := classifyBind(err, br.Policy); ans.kind == bindWrongPassword {
 				// A wrong password, or the entry moved or went away since
 				// the last refresh: the search below tells which.
-				ex.step("bind as mirrored %s refused: checking with a search", me.DN)
-			default:
-				d.detail = "bind: " + err.Error()
-				ex.step("password: could not check (bind failed: %v)", err)
-				return unavailable(err)
+				if ex != nil {
+					ex.step("bind as mirrored %s refused: checking with a search", me.DN)
+				}
+			} else if v, ok := a.checkBind(br, err, me.DN, ex, d); !ok {
+				d.dn = me.DN
+				return v
+			} else {
+				entry = me
+				d.dn = me.DN
 			}
 			if entry == nil {
 				v, searched := a.searchAndBind(ctx, req, m, ex, d, base, filter, me.DN)
@@ -285,31 +278,43 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 			n = 2
 		}
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject):
-		n = 0
+		return a.missingBase(ctx, err, base, ex, d), nil
 	default:
 		d.detail = "search: " + err.Error()
-		ex.step("LDAP search failed: %v", err)
+		if ex != nil {
+			ex.step("LDAP search failed: %v", err)
+		}
 		return unavailable(err), nil
 	}
-	ex.step("LDAP reachable: %s (search %s)", srv, a.dir.Identity())
+	if ex != nil {
+		ex.step("LDAP reachable: %s (search %s)", srv, a.dir.Identity())
+	}
 	if n == 0 {
 		d.detail = "no entry for " + filter
-		ex.step("user not found: filter %s under %s", filter, base)
+		if ex != nil {
+			ex.step("user not found: filter %s under %s", filter, base)
+		}
 		return unknownUser(), nil
 	}
 	if n > 1 {
 		d.detail = strconv.Itoa(n) + "+ entries for " + filter
-		ex.step("ambiguous: %d or more entries match %s under %s: refused", n, filter, base)
+		if ex != nil {
+			ex.step("ambiguous: %d or more entries match %s under %s: refused", n, filter, base)
+		}
 		return auth.Rejected(auth.CauseAmbiguous, "ambiguous: several entries"), nil
 	}
 	entry := res.Entries[0]
 	d.dn = entry.DN
-	ex.step("user found: %s", entry.DN)
+	if ex != nil {
+		ex.step("user found: %s", entry.DN)
+	}
 
 	// 2. The password, as the user, on a bind connection.
 	if m == modeAuth && refusedDN != "" && entry.DN == refusedDN {
 		d.detail = "invalid credentials"
-		ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
+		if ex != nil {
+			ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
+		}
 		return auth.Rejected(auth.CauseWrongPassword, "wrong password"), nil
 	}
 	if m == modeAuth {
@@ -317,17 +322,9 @@ func (a *Authenticator) searchAndBind(ctx context.Context, req auth.Request, m m
 			return *v, nil
 		}
 		br, err := a.dir.Bind(ctx, entry.DN, req.Password)
-		if err != nil {
-			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
-				d.detail = "invalid credentials"
-				ex.step("password: wrong (bind as %s: invalid credentials)", entry.DN)
-				return auth.Rejected(auth.CauseWrongPassword, "wrong password"), nil
-			}
-			d.detail = "bind: " + err.Error()
-			ex.step("password: could not check (bind failed: %v)", err)
-			return unavailable(err), nil
+		if v, ok := a.checkBind(br, err, entry.DN, ex, d); !ok {
+			return v, nil
 		}
-		ex.step("password: ok (bind as user on %s)", br.Server)
 	}
 	return auth.Verdict{}, entry
 }
@@ -341,7 +338,9 @@ func (a *Authenticator) guard(ctx context.Context, req auth.Request, dn string, 
 	v := a.throttle.BeforeBind(ctx, req, dn)
 	if v != nil {
 		d.dn, d.detail = dn, v.Reason
-		ex.step("throttle: %s: refused without asking the directory", v.Reason)
+		if ex != nil {
+			ex.step("throttle: %s: refused without asking the directory", v.Reason)
+		}
 	}
 	return v
 }
@@ -351,7 +350,9 @@ func (a *Authenticator) guard(ctx context.Context, req auth.Request, dn string, 
 func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *explainer, d *decision, tv *tokenValues, entry *ldap.Entry) auth.Verdict {
 	// 3. The realm is part of the identity, then the access rules.
 	ok, why := a.realm.check(req.Realm, tv, entry)
-	ex.step("realm: %s", why)
+	if ex != nil {
+		ex.step("realm: %s", why)
+	}
 	if !ok {
 		d.detail = "realm: " + why
 		return auth.Rejected(auth.CausePolicy, "realm not served: "+req.Realm)
@@ -359,28 +360,38 @@ func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *e
 	if a.access.HostAttribute != "" {
 		vals := entry.GetEqualFoldAttributeValues(a.access.HostAttribute)
 		if len(vals) == 0 && a.access.AllowMissingHost {
-			ex.step("host rule: no %s value, allowed (allow_missing_host)", a.access.HostAttribute)
+			if ex != nil {
+				ex.step("host rule: no %s value, allowed (allow_missing_host)", a.access.HostAttribute)
+			}
 		} else {
 			ok, why := matchRule(vals, a.hostnames)
-			ex.step("host rule: %s %v against this host %v: %s", a.access.HostAttribute, vals, a.hostnames, why)
+			if ex != nil {
+				ex.step("host rule: %s %v against this host %v: %s", a.access.HostAttribute, vals, a.hostnames, why)
+			}
 			if !ok {
 				d.detail = "host: " + why
 				return auth.Rejected(auth.CausePolicy, "host not allowed: "+why)
 			}
 		}
 	} else {
-		ex.step("host rule: off")
+		if ex != nil {
+			ex.step("host rule: off")
+		}
 	}
 	if a.access.ServiceAttribute != "" {
 		vals := entry.GetEqualFoldAttributeValues(a.access.ServiceAttribute)
 		ok, why := matchRule(vals, []string{req.Service})
-		ex.step("service rule: %s %v against service %q: %s", a.access.ServiceAttribute, vals, req.Service, why)
+		if ex != nil {
+			ex.step("service rule: %s %v against service %q: %s", a.access.ServiceAttribute, vals, req.Service, why)
+		}
 		if !ok {
 			d.detail = "service: " + why
 			return auth.Rejected(auth.CausePolicy, "service not allowed: "+why)
 		}
 	} else {
-		ex.step("service rule: off")
+		if ex != nil {
+			ex.step("service rule: off")
+		}
 	}
 	if len(a.access.Filters) > 0 {
 		tv.access, tv.dn = true, entry.DN
@@ -415,12 +426,16 @@ func (a *Authenticator) applyAccess(ctx context.Context, req auth.Request, ex *e
 		name, err := a.canonical.build(tv, entry)
 		if err != nil {
 			d.detail = err.Error()
-			ex.step("canonical user: %v: refused", err)
+			if ex != nil {
+				ex.step("canonical user: %v: refused", err)
+			}
 			return auth.Rejected(auth.CausePolicy, err.Error())
 		}
 		v.User = name
 	}
-	ex.step("canonical user: %s", v.User)
+	if ex != nil {
+		ex.step("canonical user: %s", v.User)
+	}
 	d.detail = "ok"
 	return v
 }
@@ -431,22 +446,30 @@ func (a *Authenticator) checkFilter(ctx context.Context, i int, tmpl string, tv 
 	fb, err := expand(nil, tmpl, tv, ldap.EscapeFilter)
 	if err != nil {
 		d.detail = "access filter " + tmpl + ": " + err.Error()
-		ex.step("filter %d %s: %v: refused", i+1, tmpl, err)
+		if ex != nil {
+			ex.step("filter %d %s: %v: refused", i+1, tmpl, err)
+		}
 		return auth.Rejected(auth.CausePolicy, "access filter not matched: "+tmpl), false
 	}
 	f := string(fb)
 	res, _, err := a.dir.Search(ctx, &directory.SearchRequest{Base: tv.dn, Scope: ldap.ScopeBaseObject, SizeLimit: 1, Filter: f, Attributes: noAttributes})
 	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
 		d.detail = "access filter search: " + err.Error()
-		ex.step("filter %d %s: search failed: %v", i+1, f, err)
+		if ex != nil {
+			ex.step("filter %d %s: search failed: %v", i+1, f, err)
+		}
 		return unavailable(err), false
 	}
 	if err != nil || res == nil || len(res.Entries) != 1 {
 		d.detail = "access filter not matched: " + f
-		ex.step("filter %d %s: no match: refused", i+1, f)
+		if ex != nil {
+			ex.step("filter %d %s: no match: refused", i+1, f)
+		}
 		return auth.Rejected(auth.CausePolicy, "access filter not matched: "+tmpl), false
 	}
-	ex.step("filter %d %s: ok", i+1, f)
+	if ex != nil {
+		ex.step("filter %d %s: ok", i+1, f)
+	}
 	return auth.Verdict{}, true
 }
 

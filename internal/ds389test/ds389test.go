@@ -154,6 +154,16 @@ func (s *Server) ErrorLog() string {
 	return string(b)
 }
 
+// AccessLog returns the instance's access log (written unbuffered): one
+// line per connection, operation and result, and how each connection
+// ended ("Disconnect - Cleanly Closed Connection - U1" after an unbind,
+// "Disconnect - Bad Ber Tag or uncleanly closed connection - B1" for a
+// close without one).
+func (s *Server) AccessLog() string {
+	b, _ := os.ReadFile(filepath.Join(s.logDir, "access"))
+	return string(b)
+}
+
 // Launch creates an instance in dir (which must exist), starts it on free
 // loopback ports and loads the fixtures, returning once it answers. The
 // caller must call Close.

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/mailauthd/mailauthd/internal/testca"
 )
 
 // Fixed identities of the test directory.
@@ -79,7 +80,15 @@ type options struct {
 	ppolicy         bool
 	idleTimeout     int
 	referrals       bool
+	memberOf        bool
+	certNames       *certNames
 	readyTimeout    time.Duration
+}
+
+type certNames struct {
+	cn  string
+	dns []string
+	ips []net.IP
 }
 
 // Option changes how the server is set up.
@@ -134,6 +143,20 @@ func WithIdleTimeout(seconds int) Option { return func(o *options) { o.idleTimeo
 // people base returns 20 search continuation references beside its
 // entries unless it sends ManageDsaIT. Their URLs point at 127.0.0.1:1.
 func WithReferrals() Option { return func(o *options) { o.referrals = true } }
+
+// WithMemberOf loads the memberof overlay: adding a groupOfNames (over
+// LDAP, not slapadd) gives each member a memberOf value naming it. It
+// lists direct groups only (no nesting).
+func WithMemberOf() Option { return func(o *options) { o.memberOf = true } }
+
+// WithCertNames makes slapd's certificate (signed by the test CA) carry
+// exactly this common name and these subject alternative names, for tests
+// of a certificate that does not match the name dialled (none at all:
+// like Samba's provisioned certificate; only DNS:localhost: like
+// 389-ds's self-signed one).
+func WithCertNames(cn string, dns []string, ips []net.IP) Option {
+	return func(o *options) { o.certNames = &certNames{cn, dns, ips} }
+}
 
 // WithReadyTimeout bounds the wait for slapd to answer (default 15s).
 func WithReadyTimeout(d time.Duration) Option { return func(o *options) { o.readyTimeout = d } }
@@ -240,6 +263,7 @@ modulepath /usr/lib/ldap
 moduleload back_mdb
 {{if .SyncProv}}moduleload syncprov
 {{end}}{{if .PPolicy}}moduleload ppolicy
+{{end}}{{if .MemberOf}}moduleload memberof
 {{end}}{{if .IdleTimeout}}idletimeout {{.IdleTimeout}}
 {{end}}TLSCACertificateFile {{.Dir}}/ca.pem
 TLSCertificateFile {{.Dir}}/{{.CertName}}.pem
@@ -267,6 +291,10 @@ access to *
 	by anonymous {{if .NoAnonymousRead}}auth{{else}}read{{end}}
 	by * none
 {{if .SyncProv}}overlay syncprov
+{{end}}{{if .MemberOf}}overlay memberof
+memberof-group-oc groupOfNames
+memberof-member-ad member
+memberof-memberof-ad memberOf
 {{end}}{{if .PPolicy}}overlay ppolicy
 ppolicy_default "cn=default,ou=policies,` + Suffix + `"
 ppolicy_use_lockout
@@ -278,7 +306,11 @@ func (s *Server) prepare() error {
 		return err
 	}
 	s.caFile = filepath.Join(s.Dir, "ca.pem")
-	if err := writeCertificates(s.Dir); err != nil {
+	if n := o.certNames; n != nil {
+		if err := testca.WriteWithNames(s.Dir, n.cn, n.dns, n.ips); err != nil {
+			return fmt.Errorf("slapdtest: certificates: %w", err)
+		}
+	} else if err := writeCertificates(s.Dir); err != nil {
 		return fmt.Errorf("slapdtest: certificates: %w", err)
 	}
 	certName := "server"
@@ -289,7 +321,7 @@ func (s *Server) prepare() error {
 	err := confTemplate.Execute(&conf, map[string]any{
 		"Testdata": TestdataDir(), "Dir": s.Dir, "CertName": certName,
 		"UnauthBind": o.unauthBind, "NoAnonymousRead": o.noAnonymousRead,
-		"SyncProv": o.syncProv, "PPolicy": o.ppolicy, "IdleTimeout": o.idleTimeout,
+		"SyncProv": o.syncProv, "PPolicy": o.ppolicy, "IdleTimeout": o.idleTimeout, "MemberOf": o.memberOf,
 	})
 	if err != nil {
 		return err

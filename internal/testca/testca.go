@@ -35,6 +35,14 @@ const (
 // (self-signed, same SANs, not trusted by ca.pem). Keys are ECDSA P-256;
 // everything is valid from an hour ago for a day.
 func Write(dir string, extraDNS ...string) error {
+	return WriteWithNames(dir, "localhost", append([]string{"localhost"}, extraDNS...), []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
+}
+
+// WriteWithNames writes the same files as Write, with a server certificate
+// whose subject common name and subject alternative names are exactly
+// these (none at all when dnsNames and ips are empty, like the
+// certificate samba-tool provisions), for tests of name mismatches.
+func WriteWithNames(dir, commonName string, dnsNames []string, ips []net.IP) error {
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -63,13 +71,13 @@ func Write(dir string, extraDNS ...string) error {
 	leaf := func(serial int64) *x509.Certificate {
 		return &x509.Certificate{
 			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: "localhost"},
+			Subject:      pkix.Name{CommonName: commonName},
 			NotBefore:    now.Add(-time.Hour),
 			NotAfter:     now.Add(24 * time.Hour),
 			KeyUsage:     x509.KeyUsageDigitalSignature,
 			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-			DNSNames:     append([]string{"localhost"}, extraDNS...),
-			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+			DNSNames:     dnsNames,
+			IPAddresses:  ips,
 		}
 	}
 	if err := writeLeaf(dir, CertFile, KeyFile, leaf(2), caCert, caKey); err != nil {

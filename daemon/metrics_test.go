@@ -130,6 +130,20 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Error("a password in the metrics")
 	}
 
+	// A slapd restart leaves the pooled connections dead: the next lookup
+	// still succeeds, and the recovery is counted.
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := ctl.Lookup(ctx, auth.Request{User: "alice", Service: "imap"}); err != nil || v.Outcome != auth.Accept {
+		t.Fatalf("lookup after a slapd restart: %v %+v", err, v)
+	}
+	_, scrape = get(t, hc, "/metrics")
+	if n := value(t, scrape, `mailauthd_ldap_recoveries_total{kind="stale_idle"}`) +
+		value(t, scrape, `mailauthd_ldap_recoveries_total{kind="stale_retry"}`); n < 1 {
+		t.Errorf("no recovery counted after a slapd restart:\n%s", grepLines(scrape, "recoveries"))
+	}
+
 	// Reloads are counted, and counters do not go back with a new cache.
 	if _, err := d.Reload(func() (*config.File, error) { return d.Config(), nil }, time.Hour); err != nil {
 		t.Fatal(err)

@@ -46,13 +46,17 @@ func (r *conn) interrupt(err error) {
 		return
 	}
 	defer close(r.watchdogd)
-	reason := "timeout"
-	if err == context.Canceled {
-		reason = "server shutting down"
-	}
-	d := decision{req: r.d.req, outcome: auth.TempFail.String(), reason: reason}
+	d := decision{req: r.d.req, outcome: auth.TempFail.String(), reason: interruptReason(err)}
 	r.s.reply(r, &d)
 	r.c.Close() // as if done; the slot stays taken until the call returns
+}
+
+// interruptReason is the reason of a request its context ended.
+func interruptReason(err error) string {
+	if err == context.Canceled {
+		return "server shutting down"
+	}
+	return "timeout"
 }
 
 // abort is Shutdown giving up: a request not yet decided is answered

@@ -585,7 +585,7 @@ func (r *conn) decide(req auth.Request) {
 
 	v, panicked := s.callAuthenticator(ctx, req)
 
-	stop()
+	fired := !stop() // the deadline or Shutdown ended the call first
 	r.mu.Lock()
 	r.running = false
 	r.cancelReq = nil
@@ -597,6 +597,14 @@ func (r *conn) decide(req auth.Request) {
 		return
 	}
 	d := &r.d
+	if fired {
+		// The interrupt is on its way but has not answered yet: a verdict
+		// that comes after the deadline is answered as the interrupt
+		// would answer it, never as an accept.
+		d.outcome, d.reason = auth.TempFail.String(), interruptReason(ctx.Err())
+		s.reply(r, d)
+		return
+	}
 	d.panicked = panicked
 	d.ok = v.Outcome == auth.Accept
 	d.outcome, d.cause, d.reason = v.Outcome.String(), v.Cause, v.Reason

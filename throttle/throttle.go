@@ -299,15 +299,17 @@ func (t *Throttle) Before(ctx context.Context, req auth.Request) *auth.Verdict {
 // password as before is answered from memory.
 func (t *Throttle) BeforeBind(ctx context.Context, req auth.Request, dn string) *auth.Verdict {
 	ak := accountKey(dn)
-	guess := t.mark(ak, req.Password)
-	if seen, _ := t.store.seen(ctx, ak, guess, t.cfg.Account.Window); seen {
+	n, _ := t.store.count(ctx, ak, t.cfg.Account.Window)
+	if n == 0 {
+		return nil // no failures: nothing to repeat, no budget spent (most logins; no hashing)
+	}
+	if seen, _ := t.store.seen(ctx, ak, t.mark(ak, req.Password), t.cfg.Account.Window); seen {
 		t.repeated.Add(1)
 		v := auth.Rejected(auth.CauseWrongPassword, "wrong password (the same one as before; not asked again)")
 		v.DN = dn
 		return &v
 	}
 	if t.cfg.Account.Failures > 0 {
-		n, _ := t.store.count(ctx, ak, t.cfg.Account.Window)
 		if n >= t.cfg.Account.Failures {
 			if good, _ := t.store.isGood(ctx, ak, t.mark("g"+ak, req.Password)); good {
 				return nil

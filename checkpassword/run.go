@@ -17,7 +17,6 @@ const WatchdogGrace = 500 * time.Millisecond
 // Run is one checkpassword run as Dovecot starts it: what it touches
 // outside itself is here, so tests drive it without a Dovecot.
 type Run struct {
-	Stderr io.Writer
 	Getenv func(string) string
 	FD3    io.Reader      // user\0password\0timestamp\0
 	FD4    io.WriteCloser // the reply
@@ -26,8 +25,8 @@ type Run struct {
 	// failure.
 	Exit    func(int)
 	Timeout time.Duration // the whole run (checkpassword.timeout)
-	// LogFormat and LogLevel are log.format and log.level.
-	LogFormat, LogLevel string
+	// Logger receives one line per run (nil: none); see LogWriter.
+	Logger *slog.Logger
 	// Decider decides (a control.Fallback: the daemon, else standalone).
 	Decider Decider
 	// Via, if set, says who decided, for the log line.
@@ -37,12 +36,10 @@ type Run struct {
 // Main performs the run and returns the exit code.
 func (r *Run) Main() int {
 	start := time.Now()
-	logOut := r.Stderr
-	if r.Getenv("ORIG_UID") != "" && r.Getenv("PROTO") == "TCP" {
-		// Run by Dovecot: stderr is its log pipe.
-		logOut = &DovecotLogWriter{W: r.Stderr}
+	log := r.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	log := NewLogger(logOut, r.LogFormat, r.LogLevel)
 
 	wd := time.AfterFunc(r.Timeout+WatchdogGrace, func() {
 		log.Error("checkpassword: gave up", "reason", "watchdog", "timeout", r.Timeout)
@@ -114,23 +111,13 @@ func writeAll(w io.Writer, b []byte) error {
 	return nil
 }
 
-// NewLogger logs to w without timestamps: Dovecot (or the journal) adds
-// its own. level is "debug", "info", "warn" or "error".
-func NewLogger(w io.Writer, format, level string) *slog.Logger {
-	var l slog.Level
-	l.UnmarshalText([]byte(level))
-	opts := &slog.HandlerOptions{Level: l, ReplaceAttr: dropTime}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+// LogWriter is where a run logs: stderr, which is Dovecot's log pipe when
+// Dovecot started the run (one line per write, as Dovecot reads it).
+func LogWriter(stderr io.Writer, getenv func(string) string) io.Writer {
+	if getenv("ORIG_UID") != "" && getenv("PROTO") == "TCP" {
+		return &DovecotLogWriter{W: stderr}
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-func dropTime(groups []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey && len(groups) == 0 {
-		return slog.Attr{}
-	}
-	return a
+	return stderr
 }
 
 // DovecotLogWriter tags each line with Dovecot's internal log prefix

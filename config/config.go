@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -185,6 +186,33 @@ const (
 type Log struct {
 	Format string `yaml:"format"` // text | json
 	Level  string `yaml:"level"`  // debug | info | warn | error
+}
+
+// NewLogger returns the logger the section describes, writing to w. level
+// overrides Level when set (the daemon's, which a reload changes). A
+// helper another program logs for (Dovecot's log pipe, pam_exec's log
+// file, syslog) passes timestamps false: those add their own.
+func (l Log) NewLogger(w io.Writer, level slog.Leveler, timestamps bool) *slog.Logger {
+	if level == nil {
+		var lv slog.Level // info when Level is empty or unknown (Validate refuses unknown)
+		lv.UnmarshalText([]byte(l.Level))
+		level = lv
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if !timestamps {
+		opts.ReplaceAttr = dropTime
+	}
+	if l.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func dropTime(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey && len(groups) == 0 {
+		return slog.Attr{}
+	}
+	return a
 }
 
 // Default is the configuration before the file is applied: keys the file

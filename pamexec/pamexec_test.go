@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -232,8 +233,8 @@ func TestRunMain(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var log bytes.Buffer
 			d := tt.d
-			r := &Run{Stdin: strings.NewReader(tt.stdin), Log: &log, Getenv: tt.getenv, Exit: func(int) { t.Error("watchdog fired") },
-				Timeout: 5 * time.Second, Account: tt.account, LogFormat: "text", LogLevel: "info", Decider: &d,
+			r := &Run{Stdin: strings.NewReader(tt.stdin), Getenv: tt.getenv, Exit: func(int) { t.Error("watchdog fired") },
+				Timeout: 5 * time.Second, Account: tt.account, Logger: slog.New(slog.NewTextHandler(&log, nil)), Decider: &d,
 				Via: func() (string, string) { return "daemon", "" }}
 			if got := r.Main(); got != tt.wantExit {
 				t.Fatalf("exit %d, want %d; log %s", got, tt.wantExit, log.String())
@@ -259,7 +260,7 @@ func TestRunWatchdog(t *testing.T) {
 	d := &decider{auth: auth.Accepted("", nil), block: make(chan struct{})}
 	exited := make(chan int, 1)
 	var log bytes.Buffer
-	r := &Run{Stdin: strings.NewReader("pw"), Log: &lockedWriter{w: &log}, Getenv: env("PAM_TYPE", "auth", "PAM_USER", "alice", "PAM_SERVICE", "imap"),
+	r := &Run{Stdin: strings.NewReader("pw"), Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: &log}, nil)), Getenv: env("PAM_TYPE", "auth", "PAM_USER", "alice", "PAM_SERVICE", "imap"),
 		Exit: func(c int) { exited <- c; close(d.block) }, Timeout: 50 * time.Millisecond, Decider: d}
 	go r.Main()
 	select {

@@ -20,10 +20,7 @@ const WatchdogGrace = 500 * time.Millisecond
 // here, so tests drive it without libpam.
 type Run struct {
 	// Stdin carries the password on auth lines with expose_authtok.
-	Stdin io.Reader
-	// Log receives one line per run: stderr (pam_exec's log= file, or
-	// /dev/null), and syslog when the command decided so.
-	Log    io.Writer
+	Stdin  io.Reader
 	Getenv func(string) string
 	// Exit is the watchdog's way out (os.Exit): pam_exec waits for the
 	// child forever, so whatever blocks, the run ends as a failure.
@@ -34,8 +31,9 @@ type Run struct {
 	// Service, when set (--service), is the service the decision sees
 	// instead of PAM_SERVICE.
 	Service string
-	// LogFormat and LogLevel are log.format and log.level.
-	LogFormat, LogLevel string
+	// Logger receives one line per run (nil: none): to stderr (pam_exec's
+	// log= file, or /dev/null), and syslog when the command decided so.
+	Logger *slog.Logger
 	// Decider decides (a control.Fallback: the daemon, else standalone).
 	Decider Decider
 	// Via, if set, says who decided, for the log line.
@@ -46,7 +44,10 @@ type Run struct {
 // run, never the password.
 func (r *Run) Main() int {
 	start := time.Now()
-	log := NewLogger(r.Log, r.LogFormat, r.LogLevel)
+	log := r.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 
 	wd := time.AfterFunc(r.Timeout+WatchdogGrace, func() {
 		log.Error("pam: gave up", "reason", "watchdog", "timeout", r.Timeout, "exit", ExitTempFail)
@@ -107,29 +108,6 @@ func (r *Run) Main() int {
 		log.Info("pam", attrs...)
 	}
 	return res.Exit
-}
-
-// NewLogger logs to w without timestamps (syslog, the journal or
-// pam_exec's log= file header add their own). level is "debug", "info",
-// "warn" or "error".
-func NewLogger(w io.Writer, format, level string) *slog.Logger {
-	if w == nil {
-		w = io.Discard
-	}
-	var l slog.Level
-	l.UnmarshalText([]byte(level))
-	opts := &slog.HandlerOptions{Level: l, ReplaceAttr: dropTime}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-func dropTime(groups []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey && len(groups) == 0 {
-		return slog.Attr{}
-	}
-	return a
 }
 
 // SyslogTag is the tag of mailauthd pam's syslog lines

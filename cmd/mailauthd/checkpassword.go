@@ -57,8 +57,8 @@ func checkpasswordMain(args []string, stdout io.Writer, cio checkpasswordIO) int
 		fmt.Fprintf(cio.stderr, "mailauthd checkpassword: configuration: %v\n", err)
 		return checkpassword.ExitTempFail
 	}
+	log := cfg.Log.NewLogger(checkpassword.LogWriter(cio.stderr, cio.getenv), nil, false)
 	fb := &control.Fallback{Standalone: func() (control.Decider, func(), error) {
-		log := checkpassword.NewLogger(&checkpassword.DovecotLogWriter{W: cio.stderr}, cfg.Log.Format, cfg.Log.Level)
 		d, err := daemon.New(cfg, daemon.Options{Logger: log, OneShot: true})
 		if err != nil {
 			return nil, nil, err
@@ -70,8 +70,8 @@ func checkpasswordMain(args []string, stdout io.Writer, cio checkpasswordIO) int
 	}
 	defer fb.Close()
 	r := &checkpassword.Run{
-		Stderr: cio.stderr, Getenv: cio.getenv, FD3: cio.fd3, FD4: cio.fd4, Exit: cio.exit,
-		Timeout: cfg.Checkpassword.Timeout, LogFormat: cfg.Log.Format, LogLevel: cfg.Log.Level,
+		Getenv: cio.getenv, FD3: cio.fd3, FD4: cio.fd4, Exit: cio.exit,
+		Timeout: cfg.Checkpassword.Timeout, Logger: log,
 		Decider: fb, Via: fb.Via,
 	}
 	return r.Main()

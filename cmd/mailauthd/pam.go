@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/mailauthd/mailauthd/config"
 	"github.com/mailauthd/mailauthd/control"
 	"github.com/mailauthd/mailauthd/daemon"
 	"github.com/mailauthd/mailauthd/pamexec"
@@ -66,11 +67,11 @@ func pamMain(args []string, stdout io.Writer, pio pamIO) int {
 	cfg, err := cf.load()
 	if err != nil {
 		// PAM has no "try later": this refuses every login, and says why.
-		pamexec.NewLogger(logTo, "text", "info").Error("pam: configuration", "err", err.Error(), "exit", pamexec.ExitTempFail)
+		config.Log{}.NewLogger(logTo, nil, false).Error("pam: configuration", "err", err.Error(), "exit", pamexec.ExitTempFail)
 		return pamexec.ExitTempFail
 	}
+	log := cfg.Log.NewLogger(logTo, nil, false)
 	fb := &control.Fallback{Standalone: func() (control.Decider, func(), error) {
-		log := pamexec.NewLogger(logTo, cfg.Log.Format, cfg.Log.Level)
 		d, err := daemon.New(cfg, daemon.Options{Logger: log, OneShot: true})
 		if err != nil {
 			return nil, nil, err
@@ -82,9 +83,9 @@ func pamMain(args []string, stdout io.Writer, pio pamIO) int {
 	}
 	defer fb.Close()
 	r := &pamexec.Run{
-		Stdin: pio.stdin, Log: logTo, Getenv: pio.getenv, Exit: pio.exit,
+		Stdin: pio.stdin, Getenv: pio.getenv, Exit: pio.exit,
 		Timeout: cfg.PAM.Timeout, Account: *account, Service: *service,
-		LogFormat: cfg.Log.Format, LogLevel: cfg.Log.Level,
+		Logger:  log,
 		Decider: fb, Via: fb.Via,
 	}
 	return r.Main()

@@ -43,11 +43,7 @@ func (c *configFlags) load() (*config.File, error) {
 
 func newLogger(w io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {
 	setLevel(level, c.Level)
-	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return c.NewLogger(w, level, true)
 }
 
 func setLevel(level *slog.LevelVar, name string) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 )
@@ -209,4 +210,28 @@ func SecretFileProblem(path string) string {
 		return fmt.Sprintf("%s holds a secret but is mode %04o (every user on this host can read it): chmod o-rwx %s", path, m, path)
 	}
 	return ""
+}
+
+// Panic is what Recover caught: the panic's value, with the request's
+// password replaced, and the stack.
+type Panic struct {
+	Value string
+	Stack []byte
+}
+
+// Recover runs decide and turns a panic into a temporary failure, so that
+// one request's bug costs that request only, never the daemon. Every front
+// door decides through it and logs p.
+func Recover(req Request, decide func() Verdict) (v Verdict, p *Panic) {
+	defer func() {
+		if r := recover(); r != nil {
+			// The panic value may quote the request: keep the password out of the log.
+			msg := fmt.Sprint(r)
+			if req.Password != "" {
+				msg = strings.ReplaceAll(msg, req.Password, "[password]")
+			}
+			v, p = TempFailed(CauseInternal, "internal error"), &Panic{Value: msg, Stack: debug.Stack()}
+		}
+	}()
+	return decide(), nil
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -143,18 +142,12 @@ func (h *Handler) decide(parent context.Context, req auth.Request) (v auth.Verdi
 	}
 	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
-	defer func() {
-		if p := recover(); p != nil {
-			msg := fmt.Sprint(p)
-			if req.Password != "" {
-				msg = strings.ReplaceAll(msg, req.Password, "[password]")
-			}
-			h.logger().Error("auth_http: authenticator panicked", "user", req.User,
-				"service", req.Service, "panic", msg, "stack", string(debug.Stack()))
-			v, panicked = auth.TempFailed(auth.CauseInternal, "internal error"), true
-		}
-	}()
-	v = h.Backend.Authenticate(ctx, req)
+	v, p := auth.Recover(req, func() auth.Verdict { return h.Backend.Authenticate(ctx, req) })
+	if p != nil {
+		h.logger().Error("auth_http: authenticator panicked", "user", req.User,
+			"service", req.Service, "panic", p.Value, "stack", string(p.Stack))
+		return v, true
+	}
 	if v.Outcome == auth.Accept && ctx.Err() != nil {
 		// Decided, but too late to trust the route lookup it raced with.
 		return auth.TempFailed(auth.CauseUnavailable, "request timed out"), false

@@ -454,3 +454,59 @@ func TestDecisionLog(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A decision that panics costs that request only: it is answered
+// tempfail, the daemon keeps serving, and the password in the panic value
+// never reaches the log.
+func TestPanicIsATempFail(t *testing.T) {
+	var logBuf bytes.Buffer
+	var mu sync.Mutex
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logBuf.Write(p) })
+	good := &backend{verdicts: map[string]auth.Verdict{"auth:alice": auth.Accepted("uid=alice", nil)}}
+	b := panicky{good}
+	path := startServer(t, &Server{Backend: b, Logger: slog.New(slog.NewTextHandler(w, nil))})
+	c := &Client{Path: path, Timeout: 3 * time.Second}
+	ctx := context.Background()
+	for _, op := range []string{"auth", "lookup"} {
+		req := auth.Request{User: "panic", Password: "s3cret-pw", Service: "imap"}
+		var v auth.Verdict
+		var err error
+		if op == "auth" {
+			v, err = c.Authenticate(ctx, req)
+		} else {
+			v, err = c.Lookup(ctx, req)
+		}
+		if err != nil || v.Outcome != auth.TempFail || v.Cause != auth.CauseInternal {
+			t.Errorf("%s of a panicking decision: %v %+v, want tempfail internal", op, err, v)
+		}
+	}
+	if v, err := c.Authenticate(ctx, auth.Request{User: "alice", Password: "pw", Service: "imap"}); err != nil || v.Outcome != auth.Accept {
+		t.Fatalf("after the panics: %v %+v", err, v)
+	}
+	mu.Lock()
+	got := logBuf.String()
+	mu.Unlock()
+	if !strings.Contains(got, "decision panicked") || !strings.Contains(got, "boom [password]") {
+		t.Errorf("panic not logged:\n%s", got)
+	}
+	if strings.Contains(got, "s3cret-pw") {
+		t.Errorf("password in the log:\n%s", got)
+	}
+}
+
+// panicky panics for user "panic", quoting the password.
+type panicky struct{ *backend }
+
+func (p panicky) Authenticate(ctx context.Context, r auth.Request) auth.Verdict {
+	if r.User == "panic" {
+		panic("boom " + r.Password)
+	}
+	return p.backend.Authenticate(ctx, r)
+}
+
+func (p panicky) Lookup(ctx context.Context, r auth.Request) auth.Verdict {
+	if r.User == "panic" {
+		panic("boom " + r.Password)
+	}
+	return p.backend.Lookup(ctx, r)
+}

@@ -225,11 +225,16 @@ func (s *Server) serveConn(c net.Conn) {
 		}
 		reply, err = appendVerdict(nil, outcome, auth.Verdict{Reason: reason})
 	default:
+		var p *auth.Panic
 		if r.Op == OpAuth {
-			v = s.Backend.Authenticate(ctx, r.Req)
+			v, p = auth.Recover(r.Req, func() auth.Verdict { return s.Backend.Authenticate(ctx, r.Req) })
 		} else {
 			r.Req.Password = ""
-			v = s.Backend.Lookup(ctx, r.Req)
+			v, p = auth.Recover(r.Req, func() auth.Verdict { return s.Backend.Lookup(ctx, r.Req) })
+		}
+		if p != nil {
+			s.logger().Error("control: decision panicked", "user", r.Req.User,
+				"service", r.Req.Service, "panic", p.Value, "stack", string(p.Stack))
 		}
 		if v.Outcome != auth.Accept && v.Delay > 0 {
 			// The throttle's delay, within the request's deadline.

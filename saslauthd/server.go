@@ -641,20 +641,13 @@ func (r *conn) wait(d time.Duration) {
 
 // callAuthenticator calls the Authenticator, turning a panic into a
 // tempfail.
-func (s *Server) callAuthenticator(ctx context.Context, req auth.Request) (v auth.Verdict, panicked bool) {
-	defer func() {
-		if p := recover(); p != nil {
-			// The panic value may quote the request: keep the password out of the log.
-			msg := fmt.Sprint(p)
-			if req.Password != "" {
-				msg = strings.ReplaceAll(msg, req.Password, "[password]")
-			}
-			s.logger().Error("saslauthd: authenticator panicked", "user", req.User,
-				"service", req.Service, "panic", msg, "stack", string(debug.Stack()))
-			v, panicked = auth.TempFailed(auth.CauseInternal, "internal error"), true
-		}
-	}()
-	return s.Authenticator.Authenticate(ctx, req), false
+func (s *Server) callAuthenticator(ctx context.Context, req auth.Request) (auth.Verdict, bool) {
+	v, p := auth.Recover(req, func() auth.Verdict { return s.Authenticator.Authenticate(ctx, req) })
+	if p != nil {
+		s.logger().Error("saslauthd: authenticator panicked", "user", req.User,
+			"service", req.Service, "panic", p.Value, "stack", string(p.Stack))
+	}
+	return v, p != nil
 }
 
 // reply writes the answer for d, logs the decision and, where needed,

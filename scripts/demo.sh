@@ -44,6 +44,9 @@ access:
   # attributes mean the same on every machine.
   hostnames: [mail.example.org, mail]
   host_attribute: host
+  # The domain this host serves: alice@example.org is alice; a login for
+  # any other domain is refused, whatever password it brings.
+  realms: [example.org]
 YAML
 say "Configuration ($WORK/mailauthd.yaml)"
 cat "$WORK/mailauthd.yaml"
@@ -62,6 +65,9 @@ say "negated (host: * and !mail.example.org): refused by its host attribute"
 run "$BIN" test -f "$WORK/run/mux" -s smtp -u negated -p negatedpw
 say "... and why, step by step (mailauthd test --explain)"
 run "$BIN" test --explain --config "$WORK/mailauthd.yaml" -s smtp -u negated -p negatedpw
+say "alice@example.org (the served domain) accepted; alice@evil.test refused, same password"
+run "$BIN" test -f "$WORK/run/mux" -s smtp -u alice@example.org -p alicepw
+run "$BIN" test -f "$WORK/run/mux" -s smtp -u alice@evil.test -p alicepw
 say "The real Cyrus client, testsaslauthd, against the same socket"
 run testsaslauthd -f "$WORK/run/mux" -s smtp -u alice -p alicepw
 run testsaslauthd -f "$WORK/run/mux" -s smtp -u star -p Wr0ng-Pass

@@ -11,7 +11,11 @@
 # Knobs (environment): BENCH_USERS (10000), BENCH_CONCURRENCY ("1 8 32"),
 # BENCH_DURATION per cell (4s), BENCH_WARMUP (1s), BENCH_LONG_STEPS and
 # BENCH_LONG_STEP (4 x 30s: the memory-growth run at c=32), BENCH_RESULTS
-# (also copy the raw JSON lines there), BENCH_KEEP=1 (keep the temp dir).
+# (also copy the raw JSON lines there), BENCH_KEEP=1 (keep the temp dir),
+# BENCH_ONLY=dovecot (only the Dovecot rows and the daemons they ask),
+# BENCH_BASELINE=DIR (DIR/mailauthd and DIR/mailauthd.lua of another build:
+# its daemons and script measured as rows "dovecot-lua*@base", each cell
+# right after this build's, so old and new meet the same neighbours).
 #
 # Everything runs on loopback in a temp dir; everything started is stopped on
 # exit. Needs slapd and saslauthd (scripts/install-deps.sh) and Go.
@@ -26,6 +30,13 @@ dur=${BENCH_DURATION:-4s}
 warm=${BENCH_WARMUP:-1s}
 long_steps=${BENCH_LONG_STEPS:-4}
 long_step=${BENCH_LONG_STEP:-30s}
+only=${BENCH_ONLY:-}
+baseline=${BENCH_BASELINE:-}
+case $only in "" | dovecot) ;; *) echo "bench: BENCH_ONLY must be empty or dovecot" >&2; exit 2 ;; esac
+if [ -n "$baseline" ] && { [ ! -x "$baseline/mailauthd" ] || [ ! -f "$baseline/mailauthd.lua" ]; }; then
+  echo "bench: BENCH_BASELINE=$baseline needs mailauthd and mailauthd.lua there" >&2; exit 2
+fi
+if [ -n "$baseline" ]; then baseline=$(realpath "$baseline"); fi
 # The workload every cell uses: 90% of requests for a hot set of 100 users,
 # the rest spread over the whole directory; 5% wrong passwords.
 load=(-users "$users" -hot 100 -hotfrac 0.9 -wrong 0.05 -d "$dur" -warmup "$warm")
@@ -119,7 +130,7 @@ start_cyrus() { # start_cyrus NAME [saslauthd flags...]
 
 # mailauthd: the same LDAP settings; its host rule stays on (the generated
 # users carry host: *), so it does strictly more than Cyrus.
-start_mailauthd() { # start_mailauthd NAME CACHE_TTL [MIRROR_REFRESH] [EXTRA_YAML]
+start_mailauthd() { # start_mailauthd NAME CACHE_TTL [MIRROR_REFRESH] [EXTRA_YAML]; the binary: $daemon_bin or $bin
   local dir=$work/$1
   mkdir -p "$dir"
   cat >"$dir/mailauthd.yaml" <<EOF
@@ -151,7 +162,7 @@ log:
   level: warn
 ${4:-}
 EOF
-  "$bin" serve --config "$dir/mailauthd.yaml" >"$dir/log" 2>&1 &
+  "${daemon_bin:-$bin}" serve --config "$dir/mailauthd.yaml" >"$dir/log" 2>&1 &
   pids+=($!)
   echo $! >"$dir/pid"
   wait_for "$dir/mux" "$!" "mailauthd ($1)" || { cat "$dir/log" >&2; return 1; }
@@ -164,18 +175,31 @@ cell() { # cell LABEL C [loadgen run flags...]
     log "cell $label c=$c failed"
 }
 
-start_cyrus cyrus
-start_cyrus cyrus-cache -c
+if [ "$only" != dovecot ]; then
+  start_cyrus cyrus
+  start_cyrus cyrus-cache -c
+fi
 start_mailauthd mailauthd 0s
 start_mailauthd mailauthd-cache 60s
-# The same daemon with throttling off: what throttling costs a normal load.
-start_mailauthd mailauthd-nothrottle 0s "" "throttle: {enabled: false}"
-# The opt-in one-bind path (package mirror), if this build has it.
 daemons=(cyrus mailauthd mailauthd-nothrottle cyrus-cache mailauthd-cache)
-if "$bin" serve --check --config <(printf 'ldap:\n  urls: [%s]\n  base: %s\n  mirror_refresh: 60s\n' "$url" "$base") >/dev/null 2>&1; then
+if [ "$only" != dovecot ]; then
+  # The same daemon with throttling off: what throttling costs a normal load.
+  start_mailauthd mailauthd-nothrottle 0s "" "throttle: {enabled: false}"
+fi
+# The opt-in one-bind path (package mirror), if this build has it.
+mirror_ok() { "$1" serve --check --config <(printf 'ldap:\n  urls: [%s]\n  base: %s\n  mirror_refresh: 60s\n' "$url" "$base") >/dev/null 2>&1; }
+if mirror_ok "$bin"; then
   start_mailauthd mailauthd-mirror 0s 60s
   daemons=(cyrus mailauthd mailauthd-nothrottle mailauthd-mirror cyrus-cache mailauthd-cache)
   sleep 2 # first mirror load
+fi
+# The baseline's daemons, for its Dovecot rows.
+if [ -n "$baseline" ]; then
+  daemon_bin=$(realpath "$baseline/mailauthd")
+  start_mailauthd base-mailauthd 0s
+  start_mailauthd base-mailauthd-cache 60s
+  if mirror_ok "$daemon_bin"; then start_mailauthd base-mailauthd-mirror 0s 60s; sleep 2; fi
+  unset daemon_bin
 fi
 
 # Dovecot rows (Dovecot 2.3's auth process, bench/loadgen dovecot): its own
@@ -203,11 +227,17 @@ if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/modul
   start_dovecot dovecot-ldap -kind ldap -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw"
   start_dovecot dovecot-checkpassword -kind checkpassword -standalone -bin "$work/bin/mailauthd" -config "$work/mailauthd/mailauthd.yaml"
   start_dovecot dovecot-checkpassword-daemon -kind checkpassword -bin "$work/bin/mailauthd" -config "$work/mailauthd/mailauthd.yaml"
-  start_dovecot dovecot-lua -kind lua -socket "$work/mailauthd/control"
-  if [ -e "$work/mailauthd-mirror/control" ]; then
-    start_dovecot dovecot-lua-mirror -kind lua -socket "$work/mailauthd-mirror/control"
-  fi
-  start_dovecot dovecot-lua-cache -kind lua -socket "$work/mailauthd-cache/control"
+  # Each Lua row right after its baseline, so that a noisy neighbour hits
+  # both alike.
+  for row in lua:mailauthd lua-mirror:mailauthd-mirror lua-cache:mailauthd-cache; do
+    d=${row#*:}
+    if [ -n "$baseline" ] && [ -e "$work/base-$d/control" ]; then
+      start_dovecot "dovecot-${row%%:*}@base" -kind lua -script "$baseline/mailauthd.lua" -socket "$work/base-$d/control"
+    fi
+    if [ -e "$work/$d/control" ]; then
+      start_dovecot "dovecot-${row%%:*}" -kind lua -socket "$work/$d/control"
+    fi
+  done
 else
   log "no Dovecot rows: they need root and Dovecot 2.3 with dovecot-ldap and dovecot-auth-lua (scripts/install-deps.sh)"
 fi
@@ -217,6 +247,9 @@ dovecot_daemon() {
     dovecot-checkpassword-daemon | dovecot-lua) echo mailauthd ;;
     dovecot-lua-mirror) echo mailauthd-mirror ;;
     dovecot-lua-cache) echo mailauthd-cache ;;
+    dovecot-lua@base) echo base-mailauthd ;;
+    dovecot-lua-mirror@base) echo base-mailauthd-mirror ;;
+    dovecot-lua-cache@base) echo base-mailauthd-cache ;;
   esac
 }
 dovecot_flags() { # dovecot_flags NAME: loadgen flags for a Dovecot row
@@ -245,24 +278,36 @@ daemon() { # daemon NAME: loadgen flags naming its socket and processes
 
 log "measuring (each cell $warm warm-up + $dur)"
 for c in $concs; do
-  cell ldap-bind "$c" -mode bind -url "$url" -base "$base" -slapdpid "$slapd_pid" "${load[@]}"
-  cell ldap-search+bind "$c" -mode searchbind -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw" \
-    -slapdpid "$slapd_pid" "${load[@]}"
-  # Interleaved, so that a noisy neighbour hits both sides of a ratio alike.
-  for d in "${daemons[@]}"; do
-    # shellcheck disable=SC2046 # word splitting wanted: daemon prints flags
-    cell "$d" "$c" $(daemon "$d") "${load[@]}"
-  done
-  # nginx's auth_http into the same two daemons (cache off, on).
-  for d in mailauthd mailauthd-cache; do
-    # shellcheck disable=SC2046
-    cell "${d/mailauthd/auth_http}" "$c" -mode http $(daemon "$d" | sed "s|$work/$d/mux|$work/$d/http|") "${load[@]}"
-  done
+  if [ "$only" != dovecot ]; then
+    cell ldap-bind "$c" -mode bind -url "$url" -base "$base" -slapdpid "$slapd_pid" "${load[@]}"
+    cell ldap-search+bind "$c" -mode searchbind -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw" \
+      -slapdpid "$slapd_pid" "${load[@]}"
+    # Interleaved, so that a noisy neighbour hits both sides of a ratio alike.
+    for d in "${daemons[@]}"; do
+      # shellcheck disable=SC2046 # word splitting wanted: daemon prints flags
+      cell "$d" "$c" $(daemon "$d") "${load[@]}"
+    done
+    # nginx's auth_http into the same two daemons (cache off, on).
+    for d in mailauthd mailauthd-cache; do
+      # shellcheck disable=SC2046
+      cell "${d/mailauthd/auth_http}" "$c" -mode http $(daemon "$d" | sed "s|$work/$d/mux|$work/$d/http|") "${load[@]}"
+    done
+  fi
   for d in "${dovecots[@]}"; do
     # shellcheck disable=SC2046 # word splitting wanted: dovecot_flags prints flags
     cell "$d" "$c" $(dovecot_flags "$d") "${dovecot_load[@]}"
   done
 done
+
+if [ "$only" = dovecot ]; then
+  echo
+  echo "Dovecot rows -- $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "peers: $(/usr/sbin/slapd -VV 2>&1 | grep -o 'slapd [0-9.]*' | head -1), Dovecot $(/usr/sbin/dovecot --version), $users users; cells $warm warm-up + $dur${baseline:+; baseline $baseline}"
+  "$lg" table -in "$results"
+  if [ -n "${BENCH_RESULTS:-}" ]; then cp "$results" "$BENCH_RESULTS"; fi
+  exit 0
+fi
 
 # Attacks (docs/security.md). The victim, user0, logs in first, so the
 # directory's acceptance of its password is known when the attack starts.

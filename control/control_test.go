@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -401,12 +402,18 @@ func FuzzReadVerdict(f *testing.F) {
 func FuzzReadRequest(f *testing.F) {
 	good, _ := appendRequest(nil, OpAuth, auth.Request{User: "alice", Password: "pw", Service: "imap"})
 	f.Add(good)
+	kept, _ := appendRequestMagic(nil, magicKeep, OpLookup, auth.Request{User: strings.Repeat("u", 40), Service: "imap", Realm: "example.org"})
+	f.Add(kept)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := readRequest(bytes.NewReader(b), 64)
+		r, err := readRequest(bufio.NewReaderSize(bytes.NewReader(b), 16), 64)
 		if err != nil {
 			return
 		}
-		again, err := appendRequest(nil, r.Op, r.Req)
+		m := magic
+		if r.Keep {
+			m = magicKeep
+		}
+		again, err := appendRequestMagic(nil, m, r.Op, r.Req)
 		if err != nil || !bytes.HasPrefix(b, again) {
 			t.Fatalf("request %q re-encodes to %q (%v)", b, again, err)
 		}

@@ -5,14 +5,28 @@
 // LDAP once per login), and "mailauthd cache flush" empties the daemon's
 // cache.
 //
-// Wire format: one request per connection. Every item is a counted string
-// (2-byte big-endian length, then the bytes), the framing of the Cyrus
-// saslauthd protocol (Lua 5.4: string.pack(">s2", s)). It is written here
-// rather than imported from package saslauthd so that the two protocols can
-// evolve apart.
+// Wire format: every item is a counted string (2-byte big-endian length,
+// then the bytes), the framing of the Cyrus saslauthd protocol (Lua 5.4:
+// string.pack(">s2", s)). It is written here rather than imported from
+// package saslauthd so that the two protocols can evolve apart.
 //
-//	request:  "MAC2" op user password service realm client-addr
+//	request:  magic op user password service realm client-addr
 //	reply:    "MAC2" outcome cause reason dn n-fields { key value }
+//
+// The request's magic says what happens to the connection after the reply:
+// "MAC2" (what every client before keep-alive sends, and still the Go
+// Client's) is one request per connection: the server closes after its
+// reply. "MACK" asks to keep the connection: the server answers and waits
+// for the next request on it, so a long-lived client (the Dovecot Lua
+// script in an auth-worker) connects once instead of once per login. The
+// server still closes a kept connection after Server.IdleTimeout without a
+// request, after Server.MaxRequestsPerConn replies, when it needs the slot
+// for a new connection while this one is idle, on Shutdown once the
+// connection is idle, and after any malformed request. A client therefore
+// resends a request on a fresh connection when the kept one fails before
+// any byte of the reply arrived (the server never read it, or read it and
+// decided nothing it answered), and never after part of a reply. Replies
+// are the same for both magics.
 //
 // op is "auth", "lookup" or "flush". outcome is "accept", "reject",
 // "tempfail" (auth, lookup) or "ok", "error" (flush). cause is the
@@ -24,18 +38,20 @@
 // (auth.Request.SplitRealm) before sending; client-addr is the client's IP
 // as the mail server saw it ("" when unknown), logged with the decision.
 // A request field longer than the server's MaxFieldSize is answered
-// "reject" with cause "invalid"; any other malformed request gets no reply.
-// The server closes the connection after its reply.
+// "reject" with cause "invalid" and the connection closed; any other
+// malformed request gets no reply.
 //
 // The Dovecot Lua script (packaging/dovecot/mailauthd.lua) speaks this with
 // luasocket: string.pack(">s2", s) per item, one send, then reads counted
 // strings until n-fields pairs are in, at most MaxReplySize bytes and
 // MaxFields fields, all within its timeout; anything else (wrong magic, an
-// unknown outcome, a count that is not canonical decimal, EOF) is a broken
-// reply and a temporary failure. It never sends "flush".
+// unknown outcome, a count that is not canonical decimal, EOF, bytes after
+// the reply) is a broken reply and a temporary failure. It keeps one
+// connection per Lua state ("MACK") and never sends "flush".
 package control
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -45,9 +61,14 @@ import (
 	"github.com/mailauthd/mailauthd/auth"
 )
 
-// magic starts every request and reply, so a client talking to the wrong
-// socket (a saslauthd mux) fails clearly instead of misreading a reply.
+// magic starts every reply and every one-request-per-connection request,
+// so a client talking to the wrong socket (a saslauthd mux) fails clearly
+// instead of misreading a reply.
 const magic = "MAC2"
+
+// magicKeep starts a request after which the connection stays open for
+// the next one.
+const magicKeep = "MACK"
 
 // Ops.
 const (
@@ -100,14 +121,7 @@ func readCounted(r io.Reader, max int) (string, error) {
 	if l == 0 {
 		return "", nil
 	}
-	b := make([]byte, l)
-	if _, err := io.ReadFull(r, b); err != nil {
-		if errors.Is(err, io.EOF) {
-			return "", io.ErrUnexpectedEOF
-		}
-		return "", err
-	}
-	return string(b), nil
+	return readBody(r, l)
 }
 
 // request is one decoded request.
@@ -117,11 +131,18 @@ type request struct {
 	// Magic is set once the magic was read: the peer speaks this
 	// protocol, even when a later field is wrong.
 	Magic bool
+	// Keep: the client asked to keep the connection ("MACK").
+	Keep bool
 }
 
 func appendRequest(dst []byte, op string, req auth.Request) ([]byte, error) {
+	return appendRequestMagic(dst, magic, op, req)
+}
+
+// appendRequestMagic encodes a request with magic (magic or magicKeep).
+func appendRequestMagic(dst []byte, m, op string, req auth.Request) ([]byte, error) {
 	var err error
-	for _, s := range []string{magic, op, req.User, req.Password, req.Service, req.Realm, req.ClientAddr} {
+	for _, s := range []string{m, op, req.User, req.Password, req.Service, req.Realm, req.ClientAddr} {
 		if dst, err = appendCounted(dst, s); err != nil {
 			return dst, err
 		}
@@ -129,16 +150,26 @@ func appendRequest(dst []byte, op string, req auth.Request) ([]byte, error) {
 	return dst, nil
 }
 
-func readRequest(r io.Reader, maxField int) (request, error) {
+// readRequest reads one request from r. It reads exactly the request's
+// bytes (r may hold the start of the next one) and wipes what it consumed
+// from r's buffer, so no password stays there.
+func readRequest(r *bufio.Reader, maxField int) (request, error) {
 	var f [7]string
+	keep := false
 	for i := range f {
-		s, err := readCounted(r, maxField)
+		s, err := readCountedBuf(r, maxField)
 		if err != nil {
-			return request{Magic: i > 0}, err
+			return request{Magic: i > 0, Keep: keep}, err
 		}
 		f[i] = s
-		if i == 0 && s != magic {
-			return request{}, fmt.Errorf("%w: bad magic", ErrProtocol)
+		if i == 0 {
+			switch s {
+			case magic:
+			case magicKeep:
+				keep = true
+			default:
+				return request{}, fmt.Errorf("%w: bad magic", ErrProtocol)
+			}
 		}
 	}
 	switch f[1] {
@@ -146,7 +177,54 @@ func readRequest(r io.Reader, maxField int) (request, error) {
 	default:
 		return request{}, fmt.Errorf("%w: unknown op %q", ErrProtocol, f[1])
 	}
-	return request{Op: f[1], Magic: true, Req: auth.Request{User: f[2], Password: f[3], Service: f[4], Realm: f[5], ClientAddr: f[6]}}, nil
+	return request{Op: f[1], Magic: true, Keep: keep, Req: auth.Request{User: f[2], Password: f[3], Service: f[4], Realm: f[5], ClientAddr: f[6]}}, nil
+}
+
+// readCountedBuf is readCounted from a bufio.Reader: one allocation (the
+// string) instead of two, and the consumed bytes wiped from r's buffer.
+func readCountedBuf(r *bufio.Reader, max int) (string, error) {
+	hdr, err := r.Peek(2)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return "", io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	l := int(binary.BigEndian.Uint16(hdr))
+	r.Discard(2)
+	if l > max {
+		return "", fmt.Errorf("%d bytes > %d: %w", l, max, ErrFieldTooLong)
+	}
+	if l == 0 {
+		return "", nil
+	}
+	if l > r.Size() {
+		return readBody(r, l)
+	}
+	b, err := r.Peek(l)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return "", io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	s := string(b)
+	clear(b)
+	r.Discard(l)
+	return s, nil
+}
+
+// readBody reads l bytes that do not fit r's buffer.
+func readBody(r io.Reader, l int) (string, error) {
+	b := make([]byte, l)
+	defer clear(b)
+	if _, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			return "", io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	return string(b), nil
 }
 
 // causes maps the names on the wire back to causes.

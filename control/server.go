@@ -1,11 +1,14 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
@@ -25,9 +28,11 @@ var ErrServerClosed = errors.New("control: server closed")
 
 // Defaults for the zero Server settings.
 const (
-	DefaultMaxConnections = 64
-	DefaultRequestTimeout = 10 * time.Second
-	DefaultIOTimeout      = 5 * time.Second
+	DefaultMaxConnections     = 64
+	DefaultRequestTimeout     = 10 * time.Second
+	DefaultIOTimeout          = 5 * time.Second
+	DefaultIdleTimeout        = 60 * time.Second
+	DefaultMaxRequestsPerConn = 1000
 )
 
 // Server answers control requests on Unix sockets. Set the exported fields
@@ -38,25 +43,59 @@ const (
 type Server struct {
 	Backend Backend
 	Logger  *slog.Logger // nil: slog.Default()
-	// MaxConnections bounds concurrent requests; one more is answered
-	// "tempfail: busy" at once rather than queued.
+	// MaxConnections bounds the open connections, kept ones included, and
+	// so the requests decided at once. A new connection beyond it takes
+	// the place of a kept connection that is waiting for its next request
+	// (which is closed; its client reconnects), or, when every connection
+	// is busy with a request, is answered "tempfail: busy" at once rather
+	// than queued.
 	MaxConnections int
 	// RequestTimeout bounds the backend's decision for one request.
 	RequestTimeout time.Duration
-	// IOTimeout bounds reading the request and writing the reply.
+	// IOTimeout bounds reading a request (from its first byte; the first
+	// request from the accept) and writing the reply.
 	IOTimeout time.Duration
+	// IdleTimeout bounds the wait for the next request on a kept
+	// connection ("MACK" requests).
+	IdleTimeout time.Duration
+	// MaxRequestsPerConn: a kept connection is closed after this many
+	// replies; the client reconnects.
+	MaxRequestsPerConn int
 	// MaxFieldSize bounds each request field (user, password, ...).
 	MaxFieldSize int
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
-	closed    bool
-	sem       chan struct{}
-	wg        sync.WaitGroup
-	baseCtx   context.Context
-	cancel    context.CancelFunc
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	conns      map[*conn]struct{}
+	closed     bool
+	inShutdown atomic.Bool
+	sem        chan struct{}
+	wg         sync.WaitGroup
+	baseCtx    context.Context
+	cancel     context.CancelFunc
 }
+
+// conn is one accepted connection and where it is in its life: deciding
+// or writing (active), waiting for the next request on a kept connection
+// (idle), or closed by the server while idle (by Shutdown or to make room
+// for a new connection). Only an idle connection is ever closed from
+// outside its goroutine before Shutdown's deadline, and the CAS from idle
+// to active or closed decides who gets it, so a request that arrived is
+// either answered or never read.
+type conn struct {
+	net.Conn
+	state atomic.Int32
+}
+
+const (
+	connActive int32 = iota
+	connIdle
+	connClosed
+)
+
+// readers are the connections' read buffers: a request (seven fields of at
+// most MaxFieldSize) usually arrives in one read.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
 func (s *Server) logger() *slog.Logger {
 	if s.Logger != nil {
@@ -75,7 +114,7 @@ func (s *Server) init() {
 	}
 	s.sem = make(chan struct{}, n)
 	s.listeners = map[net.Listener]struct{}{}
-	s.conns = map[net.Conn]struct{}{}
+	s.conns = map[*conn]struct{}{}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 }
 
@@ -103,7 +142,7 @@ func (s *Server) Serve(l net.Listener) error {
 
 	var backoff time.Duration
 	for {
-		c, err := l.Accept()
+		nc, err := l.Accept()
 		if err != nil {
 			s.mu.Lock()
 			closed := s.closed
@@ -120,22 +159,58 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
+		c := &conn{Conn: nc}
 		if !s.track(c) {
-			c.Close()
+			nc.Close()
 			return ErrServerClosed
 		}
 		select {
 		case s.sem <- struct{}{}:
-			go func() {
-				defer func() { <-s.sem }()
-				s.serveConn(c)
-			}()
+			go s.serveSlot(c)
 		default:
-			// Full: answer at once so the helper exits 111 now instead of
-			// waiting out its timeout in a queue.
-			go s.refuseBusy(c)
+			go s.admit(c)
 		}
 	}
+}
+
+// serveSlot serves c in a slot it holds.
+func (s *Server) serveSlot(c *conn) {
+	defer func() { <-s.sem }()
+	s.serveConn(c)
+}
+
+// admit serves a connection that arrived while every slot was taken:
+// it closes a kept connection that waits for its next request and takes
+// its slot, or, when none waits, answers busy at once so that the helper
+// fails now instead of waiting out its timeout in a queue.
+func (s *Server) admit(c *conn) {
+	if s.closeIdle() {
+		// The closed connection's goroutine gives its slot back as soon
+		// as its read returns; another newcomer may take it first.
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		select {
+		case s.sem <- struct{}{}:
+			s.serveSlot(c)
+			return
+		case <-t.C:
+		}
+	}
+	s.refuseBusy(c)
+}
+
+// closeIdle closes one kept connection that is waiting for its next
+// request; false when there is none.
+func (s *Server) closeIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.state.CompareAndSwap(connIdle, connClosed) {
+			c.Close()
+			return true
+		}
+	}
+	return false
 }
 
 // retryableAccept tells accept errors worth retrying (EMFILE, ECONNABORTED
@@ -145,7 +220,7 @@ func retryableAccept(err error) bool {
 	return errors.As(err, &t) && t.Temporary()
 }
 
-func (s *Server) track(c net.Conn) bool {
+func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -156,7 +231,7 @@ func (s *Server) track(c net.Conn) bool {
 	return true
 }
 
-func (s *Server) untrack(c net.Conn) {
+func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
@@ -171,7 +246,14 @@ func (s *Server) ioTimeout() time.Duration {
 	return DefaultIOTimeout
 }
 
-func (s *Server) refuseBusy(c net.Conn) {
+func (s *Server) maxField() int {
+	if s.MaxFieldSize > 0 {
+		return s.MaxFieldSize
+	}
+	return DefaultMaxFieldSize
+}
+
+func (s *Server) refuseBusy(c *conn) {
 	defer s.untrack(c)
 	c.SetDeadline(time.Now().Add(s.ioTimeout()))
 	s.logger().Warn("control: refused a request", "reason", "busy", "max_connections", cap(s.sem))
@@ -180,34 +262,79 @@ func (s *Server) refuseBusy(c net.Conn) {
 	}
 	// Take the request before closing: closing a Unix socket with unread
 	// data can make the client's write fail before it sees our answer.
-	maxField := s.MaxFieldSize
-	if maxField <= 0 {
-		maxField = DefaultMaxFieldSize
-	}
-	readRequest(c, maxField)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(c)
+	readRequest(br, s.maxField())
+	br.Reset(nil)
+	readers.Put(br)
 }
 
-func (s *Server) serveConn(c net.Conn) {
+// serveConn answers the requests of one connection: one, or, while the
+// client sends "MACK" requests, up to MaxRequestsPerConn, each within its
+// deadlines.
+func (s *Server) serveConn(c *conn) {
 	defer s.untrack(c)
-	maxField := s.MaxFieldSize
-	if maxField <= 0 {
-		maxField = DefaultMaxFieldSize
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(c)
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+	}()
+	maxReqs := s.MaxRequestsPerConn
+	if maxReqs <= 0 {
+		maxReqs = DefaultMaxRequestsPerConn
 	}
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	var out []byte
 	start := time.Now()
 	c.SetReadDeadline(start.Add(s.ioTimeout()))
-	r, err := readRequest(c, maxField)
-	if err != nil {
-		s.logger().Warn("control: bad request", "err", err)
-		if r.Magic && errors.Is(err, ErrFieldTooLong) {
-			// Our protocol, with a login or password longer than
-			// max_field_size: a refusal, as the saslauthd socket gives,
-			// not a temporary failure the client would retry.
-			s.refuseTooLong(c)
+	for n := 1; ; n++ {
+		r, err := readRequest(br, s.maxField())
+		if err != nil {
+			s.logger().Warn("control: bad request", "err", err, "request", n)
+			if r.Magic && errors.Is(err, ErrFieldTooLong) {
+				// Our protocol, with a login or password longer than
+				// max_field_size: a refusal, as the saslauthd socket
+				// gives, not a temporary failure the client would retry.
+				s.refuseTooLong(c)
+			}
+			// Otherwise no reply: the peer is not speaking this
+			// protocol, or gave up.
+			return
 		}
-		// Otherwise no reply: the peer is not speaking this protocol, or
-		// gave up.
-		return
+		if out, err = s.answer(c, r, out[:0], start); err != nil {
+			return
+		}
+		if !r.Keep || n >= maxReqs {
+			return
+		}
+		// A kept connection: wait for the next request's first byte.
+		c.state.Store(connIdle)
+		if s.inShutdown.Load() {
+			return
+		}
+		c.SetReadDeadline(time.Now().Add(idle))
+		_, err = br.Peek(1)
+		if !c.state.CompareAndSwap(connIdle, connActive) {
+			return // closed by Shutdown or for a newcomer
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				s.logger().Debug("control: closing a kept connection", "err", err, "requests", n)
+			}
+			return
+		}
+		start = time.Now()
+		c.SetReadDeadline(start.Add(s.ioTimeout()))
 	}
+}
+
+// answer decides r and writes the reply (encoded into out, which it
+// returns for reuse); an error means the connection is done.
+func (s *Server) answer(c *conn, r request, out []byte, start time.Time) ([]byte, error) {
 	timeout := s.RequestTimeout
 	if timeout <= 0 {
 		timeout = DefaultRequestTimeout
@@ -215,15 +342,18 @@ func (s *Server) serveConn(c net.Conn) {
 	ctx, cancel := context.WithTimeout(s.baseCtx, timeout)
 	defer cancel()
 
-	var reply []byte
-	var v auth.Verdict
+	var (
+		reply []byte
+		err   error
+		v     auth.Verdict
+	)
 	switch r.Op {
 	case OpFlush:
 		outcome, reason := "ok", "flushed"
 		if !s.Backend.Flush() {
 			outcome, reason = "error", "no cache configured"
 		}
-		reply, err = appendVerdict(nil, outcome, auth.Verdict{Reason: reason})
+		reply, err = appendVerdict(out, outcome, auth.Verdict{Reason: reason})
 	default:
 		var p *auth.Panic
 		if r.Op == OpAuth {
@@ -245,23 +375,24 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 			t.Stop()
 		}
-		reply, err = appendVerdict(nil, v.Outcome.String(), v)
+		reply, err = appendVerdict(out, v.Outcome.String(), v)
 		if err != nil {
 			s.logger().Warn("control: verdict too large; answering tempfail", "user", r.Req.User, "err", err)
-			reply, err = appendVerdict(nil, "tempfail", auth.TempFailed(auth.CauseInternal, "verdict too large"))
+			reply, err = appendVerdict(out, "tempfail", auth.TempFailed(auth.CauseInternal, "verdict too large"))
 		}
 	}
 	r.Req.Password = ""
 	if err != nil {
-		return
+		return out, err
 	}
 	c.SetWriteDeadline(time.Now().Add(s.ioTimeout()))
-	if _, err := c.Write(reply); err != nil {
+	if _, err = c.Write(reply); err != nil {
 		s.logger().Warn("control: writing reply", "user", r.Req.User, "err", err)
 	}
 	if r.Op != OpFlush {
 		s.logDecision(r, v, time.Since(start))
 	}
+	return reply, err
 }
 
 // logDecision writes the one line per decision the saslauthd socket writes
@@ -297,14 +428,22 @@ func (s *Server) refuseTooLong(c net.Conn) {
 	c.Write(b)
 }
 
-// Shutdown stops accepting, lets in-flight requests finish until ctx is
-// done, then cancels their decisions and closes their connections.
+// Shutdown stops accepting, closes kept connections waiting for their
+// next request, lets in-flight requests finish (their connections close
+// after the reply) until ctx is done, then cancels their decisions and
+// closes their connections.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.init()
 	s.closed = true
+	s.inShutdown.Store(true)
 	for l := range s.listeners {
 		l.Close()
+	}
+	for c := range s.conns {
+		if c.state.CompareAndSwap(connIdle, connClosed) {
+			c.Close()
+		}
 	}
 	s.mu.Unlock()
 

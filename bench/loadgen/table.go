@@ -81,6 +81,9 @@ func printTable(w io.Writer, all []Result) {
 		}
 	}
 	defer printDovecotTable(w, dovecotRows)
+	if len(results)+len(security) == 0 && len(dovecotRows) > 0 {
+		return // BENCH_ONLY=dovecot
+	}
 	rank := func(label string) int {
 		if i := slices.Index(rowOrder, label); i >= 0 {
 			return i
@@ -243,6 +246,11 @@ const (
 
 var dovecotOrder = []string{labelDovecotLuaNoop, labelDovecotLDAP, labelDovecotCP, labelDovecotCPDaemon, labelDovecotLua, labelDovecotLuaMir, labelDovecotLuaCache}
 
+// baseSuffix marks a row measured with another build's daemon and script
+// (bench/run.sh with BENCH_BASELINE): "dovecot-lua@base" beside
+// "dovecot-lua", same run, cells interleaved.
+const baseSuffix = "@base"
+
 // printDovecotTable prints the logins through a real Dovecot auth process
 // and the ratios of the Lua rows against checkpassword and Dovecot's LDAP
 // passdb.
@@ -251,13 +259,20 @@ func printDovecotTable(w io.Writer, rows []Result) {
 		return
 	}
 	rank := func(label string) int {
-		if i := slices.Index(dovecotOrder, label); i >= 0 {
+		if i := slices.Index(dovecotOrder, strings.TrimSuffix(label, baseSuffix)); i >= 0 {
 			return i
 		}
 		return len(dovecotOrder)
 	}
+	isBase := func(label string) int {
+		if strings.HasSuffix(label, baseSuffix) {
+			return 0 // the baseline first, then this build
+		}
+		return 1
+	}
 	slices.SortStableFunc(rows, func(a, b Result) int {
-		return cmp.Or(cmp.Compare(rank(a.Label), rank(b.Label)), cmp.Compare(a.Concurrency, b.Concurrency))
+		return cmp.Or(cmp.Compare(rank(a.Label), rank(b.Label)), cmp.Compare(a.Concurrency, b.Concurrency),
+			cmp.Compare(isBase(a.Label), isBase(b.Label)))
 	})
 	fmt.Fprintln(w, "\nLogins through Dovecot 2.3's auth process (auth-client protocol, AUTH PLAIN, good passwords):")
 	fmt.Fprintf(w, "| %-28s | %3s | %8s | %7s | %7s | %7s | %6s | %13s | %11s | %9s | %10s |\n",
@@ -317,6 +332,39 @@ func printDovecotTable(w io.Writer, rows []Result) {
 				}
 				fmt.Fprintf(w, "  %-18s / %-28s c=%-2d %6.2fx%s\n", lua, other.label, c, ratio, target)
 			}
+		}
+	}
+	printBaselineRatios(w, find)
+}
+
+// printBaselineRatios compares each Lua row with its baseline ("@base")
+// and both with Dovecot's LDAP passdb: logins/s, and the CPU per login of
+// the daemon and of Dovecot.
+func printBaselineRatios(w io.Writer, find func(string, int) *Result) {
+	header := false
+	for _, lua := range []string{labelDovecotLua, labelDovecotLuaMir, labelDovecotLuaCache} {
+		for _, c := range []int{1, 8, 32} {
+			l, b, ldap := find(lua, c), find(lua+baseSuffix, c), find(labelDovecotLDAP, c)
+			if l == nil || b == nil || b.RPS == 0 || ldap == nil || ldap.RPS == 0 {
+				continue
+			}
+			if !header {
+				fmt.Fprintln(w, "\nThis build against the baseline (@base), and each against dovecot-ldap:")
+				fmt.Fprintf(w, "  %-18s %-4s  %-25s  %-25s  %-25s  %-25s\n", "", "", "logins/s new/base", "vs ldap: base -> new",
+					"mailauthd CPU new/base", "Dovecot CPU new/base (ldap)")
+				header = true
+			}
+			cpu := func(n, o float64) string {
+				if n <= 0 || o <= 0 {
+					return "-"
+				}
+				return fmt.Sprintf("%.0f/%.0f us = %.2fx", n, o, n/o)
+			}
+			fmt.Fprintf(w, "  %-18s c=%-2d  %-25s  %-25s  %-25s  %-25s\n", lua, c,
+				fmt.Sprintf("%.0f/%.0f = %.2fx", l.RPS, b.RPS, l.RPS/b.RPS),
+				fmt.Sprintf("%.2fx -> %.2fx", b.RPS/ldap.RPS, l.RPS/ldap.RPS),
+				cpu(l.DaemonCPUus, b.DaemonCPUus),
+				cpu(l.DovecotCPUus, b.DovecotCPUus)+fmt.Sprintf(" (%.0f)", ldap.DovecotCPUus))
 		}
 	}
 }

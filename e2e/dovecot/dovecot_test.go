@@ -2,6 +2,7 @@ package dovecot
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -156,6 +157,7 @@ func TestLua23(t *testing.T) {
 		}
 	}
 	checkLogs(t, w, lua)
+	checkRestart(t, w, lua)
 	checkTempFail(t, w, lua)
 }
 
@@ -169,6 +171,7 @@ func TestLua24(t *testing.T) {
 		check(t, "lua", c, run(t, lua, i, c), lua.Log)
 	}
 	checkLogs(t, w, lua)
+	checkRestart(t, w, lua)
 	checkTempFail(t, w, lua)
 }
 
@@ -211,6 +214,51 @@ func realmOf(user string) string {
 	}
 	return `""`
 }
+
+// checkRestart: a daemon reload and a daemon restart between two logins
+// served by the same auth-worker fail no login. The worker's Lua state
+// keeps its connection to the daemon: a reload keeps it too; a restart
+// closes it, and the next login is asked again on a new connection.
+func checkRestart(t *testing.T, w *world, d *dt.Dovecot) {
+	t.Helper()
+	login := func(what string) {
+		t.Helper()
+		r, fields, err := d.AuthTest("alice", "alicepw", map[string]string{"service": "imap", "rip": "198.51.100.2"})
+		if err != nil || r != dt.OK {
+			t.Fatalf("login %s: %s %v, %v\n%s", what, r, fields, err, d.Log())
+		}
+	}
+	before := len(d.Log())
+	login("before")
+	w.reloadDaemon(t)
+	login("after a reload")
+	w.stopDaemon()
+	w.startDaemon(t)
+	login("after a restart")
+	login("after a restart, again")
+	log := d.Log()[before:]
+	// The same worker process ran the four calls.
+	var pids []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "Calling auth_password_verify") {
+			if m := workerPID.FindStringSubmatch(line); m != nil {
+				pids = append(pids, m[1]+m[2])
+			}
+		}
+	}
+	if len(pids) != 4 || pids[0] != pids[1] || pids[0] != pids[2] || pids[0] != pids[3] {
+		t.Fatalf("auth-workers %v ran the 4 logins, want one worker for all (auth_debug lines):\n%s", pids, log)
+	}
+	// Its kept connection survived the reload and was replaced once,
+	// after the restart.
+	if n := strings.Count(log, "mailauthd: the kept connection was closed"); n != 1 {
+		t.Errorf("%d new connections after a closed kept one, want 1 (the restart):\n%s", n, log)
+	}
+}
+
+// workerPID finds the auth-worker's process ID in an auth_debug line:
+// 2.3 "auth-worker(2247): ...", 2.4 "auth-worker(alice,192.0.2.1)<2026>: ...".
+var workerPID = regexp.MustCompile(`auth-worker(?:\((\d+)\)|\([^)]*\)<(\d+)>)`)
 
 // checkTempFail: a stopped daemon and a stopped LDAP server are temporary
 // failures, never a wrong password or an unknown user, on every call.

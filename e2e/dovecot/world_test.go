@@ -246,6 +246,16 @@ func (w *world) startDaemon(t testing.TB) {
 	w.daemon, w.servers = d, d.Serve(ls)
 }
 
+// reloadDaemon re-reads the configuration file, as SIGHUP does.
+func (w *world) reloadDaemon(t testing.TB) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.daemon.Reload(func() (*config.File, error) { return config.Load(w.cfgPath, "") }, 5*time.Second); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+}
+
 // stopDaemon shuts the daemon down; its socket file goes with it.
 func (w *world) stopDaemon() {
 	w.mu.Lock()
@@ -278,6 +288,9 @@ func (w *world) startLua(t *testing.T) *dovecottest.Dovecot {
 		blocks = strings.ReplaceAll(docBlock(t, "lua-2.4"), docSocket, w.sock.Dovecot)
 	}
 	blocks = strings.ReplaceAll(blocks, docScript, script.Dovecot)
+	// One auth-worker process: checkRestart follows one worker's kept
+	// connection to the daemon across a reload and a restart.
+	extra += "\nservice auth-worker {\n  process_limit = 1\n}"
 	return dovecottest.Start(t, w.v, dovecottest.Config{
 		PassdbUserdb: stripMechanisms(blocks),
 		Extra:        extra + "\nauth_debug_passwords = no",

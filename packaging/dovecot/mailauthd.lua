@@ -16,11 +16,18 @@ local timeout = 5 -- seconds for the whole exchange: connect, send, receive
 -- dovecot.defaults in mailauthd.yaml), so checkpassword and Lua can never
 -- map one entry differently. The wire format is package control's:
 --
---   request: "MAC2" op user password service realm client-addr
+--   request: "MACK" op user password service realm client-addr
 --   reply:   "MAC2" outcome cause reason dn n-fields {key value}
 --
 -- every item a counted string: 2-byte big-endian length, then the bytes
--- (string.pack(">s2", s)). One request per connection.
+-- (string.pack(">s2", s)). "MACK" asks the daemon to keep the connection
+-- open: Dovecot runs this script in its auth-workers one call at a time per
+-- process, so each Lua state keeps one connection and sends every request
+-- on it. When the daemon closed it (idle timeout, its per-connection limit,
+-- a restart) before any byte of the reply came, the request is sent once
+-- more on a new connection; never after part of a reply. A daemon older
+-- than keep-alive closes a new connection at "MACK": the script then asks
+-- with "MAC2", one request per connection, for a minute.
 --
 -- What Dovecot is told (FINDINGS.md of internal/dovecottest: both 2.3 and
 -- 2.4.1 accept a table on success and a string on every failure, nothing
@@ -39,10 +46,15 @@ local timeout = 5 -- seconds for the whole exchange: connect, send, receive
 
 local M = {} -- the protocol code, for tests (see mailauthd_lua_test.go)
 
-local MAGIC = "MAC2"
+local MAGIC = "MAC2" -- replies; a request after which the daemon closes
+local MAGIC_KEEP = "MACK" -- a request after which the daemon keeps the connection
 local MAX_REPLY = 65536 -- control.MaxReplySize
 local MAX_FIELDS = 128 -- control.MaxFields
 local MAX_COUNTED = 65535
+local ONE_SHOT_SECONDS = 60 -- one request per connection after a daemon refused "MACK"
+
+local PACKED_MAGIC = string.pack(">s2", MAGIC)
+local PACKED_MAGIC_KEEP = string.pack(">s2", MAGIC_KEEP)
 
 local function setting(value, env)
   local v = os.getenv(env)
@@ -73,17 +85,14 @@ function M.settings()
   return socket_path, timeout
 end
 
--- M.encode_request builds one request; nil and an error when a field does
--- not fit a counted string.
+-- M.encode_request builds a request without its magic (M.exchange adds
+-- it); nil and an error when a field does not fit a counted string.
 function M.encode_request(op, user, password, service, realm, client)
-  local parts = {}
-  for i, s in ipairs({MAGIC, op, user, password, service, realm, client}) do
-    if #s > MAX_COUNTED then
-      return nil, "request field " .. i .. " too long"
-    end
-    parts[i] = string.pack(">s2", s)
+  if #user > MAX_COUNTED or #password > MAX_COUNTED or #service > MAX_COUNTED
+      or #realm > MAX_COUNTED or #client > MAX_COUNTED then
+    return nil, "request field too long"
   end
-  return table.concat(parts)
+  return string.pack(">s2s2s2s2s2s2", op, user, password, service, realm, client)
 end
 
 -- M.split_realm is libsasl2's rule, as the other front doors apply it
@@ -96,155 +105,247 @@ function M.split_realm(user)
   return user, ""
 end
 
--- M.decode_reply reads a reply through recv(n), which returns exactly n
--- bytes or nil and an error. It returns the reply as a table {outcome,
--- cause, reason, dn, fields = {{key, value}, ...}} or nil and an error.
-function M.decode_reply(recv)
-  local total = 0
-  local function counted()
-    local hdr, err = recv(2)
-    if hdr == nil then
-      return nil, err
-    end
-    local n = string.unpack(">I2", hdr)
-    total = total + 2 + n
-    if total > MAX_REPLY then
-      return nil, "reply longer than " .. MAX_REPLY .. " bytes"
-    end
-    if n == 0 then
-      return ""
-    end
-    return recv(n)
+local unpack, sub = string.unpack, string.sub
+
+-- item reads the counted string at pos: the string and the position after
+-- it; nil when buf ends first; nil and an error when it would pass the
+-- reply limit.
+local function item(buf, pos, len)
+  if pos + 1 > len then
+    return nil
   end
+  local last = pos + 1 + unpack(">I2", buf, pos)
+  if last > MAX_REPLY then
+    return nil, "reply longer than " .. MAX_REPLY .. " bytes"
+  end
+  if last > len then
+    return nil
+  end
+  return sub(buf, pos + 2, last), last + 1
+end
+
+-- M.decode_reply parses the reply at the start of buf. It returns the
+-- reply as a table {outcome, cause, reason, dn, fields = {key1, value1,
+-- key2, value2, ...}} and the number of bytes it took; nil and nil when buf
+-- holds only the start of a reply; nil and an error when it is no reply.
+function M.decode_reply(buf)
+  local len, pos = #buf, 1
   local head = {}
   for i = 1, 6 do
-    local s, err = counted()
+    local s, next_pos = item(buf, pos, len)
     if s == nil then
-      return nil, "reading reply: " .. tostring(err)
+      return nil, next_pos
     end
     if i == 1 and s ~= MAGIC then
       return nil, "not a mailauthd control reply (bad magic)"
     end
-    head[i] = s
+    head[i], pos = s, next_pos
   end
-  local r = {outcome = head[2], cause = head[3], reason = head[4], dn = head[5], fields = {}}
-  if r.outcome ~= "accept" and r.outcome ~= "reject" and r.outcome ~= "tempfail" then
-    return nil, "unknown outcome " .. string.format("%q", r.outcome)
+  local outcome = head[2]
+  if outcome ~= "accept" and outcome ~= "reject" and outcome ~= "tempfail" then
+    return nil, "unknown outcome " .. string.format("%q", outcome)
   end
-  local n = head[6]:match("^%d+$") and tonumber(head[6])
-  if n == nil or n > MAX_FIELDS or tostring(n) ~= head[6] then
-    return nil, "bad field count " .. string.format("%q", head[6])
+  local count = head[6]
+  local n = count:match("^%d+$") and tonumber(count)
+  if n == nil or n > MAX_FIELDS or tostring(n) ~= count then
+    return nil, "bad field count " .. string.format("%q", count)
   end
-  for i = 1, n do
-    local k, err = counted()
-    if k == nil then
-      return nil, "reading field: " .. tostring(err)
+  local fields = {}
+  for i = 1, 2 * n do
+    local s, next_pos = item(buf, pos, len)
+    if s == nil then
+      return nil, next_pos
     end
-    local v
-    v, err = counted()
-    if v == nil then
-      return nil, "reading field: " .. tostring(err)
-    end
-    r.fields[i] = {k, v}
+    fields[i], pos = s, next_pos
   end
-  return r
-end
-
--- M.string_reader returns a recv(n) for M.decode_reply over a string.
-function M.string_reader(buf)
-  local pos = 1
-  return function(n)
-    if pos + n - 1 > #buf then
-      return nil, "reply cut short"
-    end
-    local s = buf:sub(pos, pos + n - 1)
-    pos = pos + n
-    return s
-  end
+  return {outcome = outcome, cause = head[3], reason = head[4], dn = head[5], fields = fields}, pos - 1
 end
 
 -- socket.core, not socket: the C functions only, so the heap Dovecot's
--- full garbage collection walks after every call stays small.
+-- full garbage collection walks after every call stays small. socket.unix
+-- is loaded at the first connect.
 local now = require("socket.core").gettime
+local new_unix_socket
 
-local function new_unix_socket()
-  local unix = require("socket.unix")
-  if type(unix) == "table" and unix.stream ~= nil then
-    return unix.stream()
+-- The connection kept between calls (a Lua state runs one call at a time),
+-- and until when to ask with one request per connection.
+local kept = nil
+local one_shot_until = 0
+
+local function connect(deadline)
+  if new_unix_socket == nil then
+    local unix = require("socket.unix")
+    if type(unix) == "table" and unix.stream ~= nil then
+      new_unix_socket = unix.stream
+    else
+      new_unix_socket = unix
+    end
   end
-  return unix()
-end
-
--- M.exchange sends one request to the daemon and reads its reply, within
--- `timeout` seconds in all. nil and an error on any failure.
-function M.exchange(request)
-  local deadline = now() + timeout
   local c, err = new_unix_socket()
   if c == nil then
     return nil, "socket: " .. tostring(err)
   end
-  local function left()
-    local l = deadline - now()
-    if l <= 0 then
-      return nil
-    end
-    c:settimeout(l)
-    return l
-  end
-  local function fail(what, e)
+  local left = deadline - now()
+  if left <= 0 then
     c:close()
-    return nil, what .. ": " .. tostring(e)
+    return nil, "connect " .. socket_path .. ": timeout"
   end
-  left()
+  c:settimeout(left)
   local ok
   ok, err = c:connect(socket_path)
   if not ok then
-    return fail("connect " .. socket_path, err)
+    c:close()
+    return nil, "connect " .. socket_path .. ": " .. tostring(err)
   end
-  local sent = 0
-  while sent < #request do
-    if not left() then
-      return fail("send", "timeout")
+  return c
+end
+
+-- roundtrip sends request on c and reads one reply, before deadline. It
+-- returns the reply, or nil, an error, whether any byte of a reply arrived
+-- and whether the time ran out.
+local function roundtrip(c, request, deadline)
+  local left = deadline - now()
+  if left <= 0 then
+    return nil, "send: timeout", false, true
+  end
+  c:settimeout(left)
+  local n, err = c:send(request)
+  if n == nil then
+    return nil, "send: " .. tostring(err), false, err == "timeout"
+  end
+  local buf = ""
+  while true do
+    -- Wait for a byte, then take whatever else is there without waiting
+    -- (the daemon writes a reply at once): a reply costs one wait however
+    -- many fields it has.
+    left = deadline - now()
+    if left <= 0 then
+      return nil, "receive: timeout", buf ~= "", true
     end
-    local n, serr, partial = c:send(request, sent + 1)
-    if n == nil then
-      return fail("send", serr)
+    c:settimeout(left)
+    local first, rerr = c:receive(1)
+    if first == nil then
+      return nil, "receive: " .. tostring(rerr), buf ~= "", rerr == "timeout"
     end
-    sent = n
+    c:settimeout(0)
+    local all, _, rest = c:receive(MAX_REPLY - #buf)
+    buf = buf .. first .. (all or rest)
+    local reply, used = M.decode_reply(buf)
+    if reply ~= nil then
+      if used ~= #buf or c:dirty() then
+        -- More than one reply: never read it as the next request's answer.
+        return nil, "bytes after the reply", true, false
+      end
+      return reply
+    elseif used ~= nil then
+      return nil, used, true, false
+    elseif #buf >= MAX_REPLY then
+      return nil, "reply longer than " .. MAX_REPLY .. " bytes", true, false
+    end
   end
-  -- The daemon closes the connection after its reply: one receive takes it
-  -- all (luasocket returns what it read, as "partial", once the peer
-  -- closes), bounded by the reply limit and the time left.
-  if not left() then
-    return fail("receive", "timeout")
+end
+
+-- M.exchange sends one request (M.encode_request) to the daemon and reads
+-- its reply, within `timeout` seconds in all. It returns the reply, or nil
+-- and an error; and, when it had to ask again on a new connection, a note
+-- saying why, for the log. A connection is kept only after a whole, clean
+-- reply, so a late or extra answer can never be taken for another
+-- request's. At most three tries: the kept connection, a new one, and a new
+-- one without keep-alive.
+function M.exchange(body)
+  local t = now()
+  local deadline = t + timeout
+  local keep = t >= one_shot_until
+  local c, reused = kept, kept ~= nil
+  kept = nil
+  local note
+  while true do
+    if c == nil then
+      local err
+      c, err = connect(deadline)
+      if c == nil then
+        return nil, err, note
+      end
+    end
+    local reply, err, got, timed_out = roundtrip(c, (keep and PACKED_MAGIC_KEEP or PACKED_MAGIC) .. body, deadline)
+    if reply ~= nil then
+      if keep then
+        kept = c
+      else
+        c:close()
+      end
+      return reply, nil, note
+    end
+    c:close()
+    c = nil
+    if got or timed_out then
+      return nil, err, note
+    end
+    -- Closed before any byte of a reply.
+    if reused then
+      -- The daemon closed the kept connection (idle, its limit, a
+      -- restart): once more on a new one.
+      reused = false
+      note = "the kept connection was closed (" .. err .. "); asked again on a new one"
+    elseif keep then
+      -- A new connection closed at once: a daemon that predates
+      -- keep-alive refuses "MACK" so. Ask it one request per connection.
+      keep = false
+      one_shot_until = now() + ONE_SHOT_SECONDS
+      note = "the daemon closed a new connection at once (" .. err .. "); one request per connection for "
+        .. ONE_SHOT_SECONDS .. " s"
+    else
+      return nil, err, note
+    end
   end
-  local data, rerr, partial = c:receive(MAX_REPLY + 1)
-  c:close()
-  if data ~= nil then
-    return nil, "reply longer than " .. MAX_REPLY .. " bytes"
-  elseif rerr ~= "closed" then
-    return nil, "receive: " .. tostring(rerr)
+end
+
+-- M.close drops the kept connection (script_deinit).
+function M.close()
+  if kept ~= nil then
+    kept:close()
+    kept = nil
   end
-  local reply, derr = M.decode_reply(M.string_reader(partial))
-  if reply == nil then
-    return nil, derr
+end
+
+-- The request's service: 2.4 renamed it to protocol (%{protocol}). Each
+-- field read from Dovecot's request builds its variable table, so the name
+-- that answered is remembered.
+local service_key = nil
+
+local function service_of(req)
+  if service_key ~= nil then
+    return req[service_key] or ""
   end
-  return reply
+  local s = req.protocol
+  if s ~= nil then
+    service_key = "protocol"
+    return s
+  end
+  s = req.service
+  if s ~= nil then
+    service_key = "service"
+    return s
+  end
+  return ""
 end
 
 -- M.ask asks the daemon about req: op "auth" with the password, "lookup"
 -- without.
 function M.ask(op, req, password)
   local user, realm = M.split_realm(req.user or "")
-  -- 2.4 renamed the request's service to protocol (%{protocol}).
-  local service = req.protocol or req.service or ""
-  local msg, err = M.encode_request(op, user, password or "", service, realm, req.remote_ip or "")
+  local msg, err = M.encode_request(op, user, password or "", service_of(req), realm, req.remote_ip or "")
   if msg == nil then
     -- Longer than any counted string: no login can be that long, so a
     -- refusal (the daemon refuses fields over server.max_field_size too).
     return {outcome = "reject", cause = "invalid", reason = err, dn = "", fields = {}}
   end
-  return M.exchange(msg)
+  local reply, note
+  reply, err, note = M.exchange(msg)
+  if note ~= nil and type(req) == "table" and req.log_debug ~= nil then
+    req:log_debug("mailauthd: " .. note)
+  end
+  return reply, err
 end
 
 -- M.fields turns the daemon's fields into Dovecot's table. For a userdb,
@@ -255,14 +356,14 @@ end
 -- prefetch userdbs do.
 function M.fields(list, userdb)
   local t = {}
-  for _, kv in ipairs(list) do
-    local k, v = kv[1], kv[2]
+  for i = 1, #list, 2 do
+    local k, v = list[i], list[i + 1]
     if not userdb then
       t[k] = v
     elseif k == "user" then
       t[k] = v
-    elseif k:sub(1, 7) == "userdb_" and #k > 7 then
-      t[k:sub(8)] = v
+    elseif #k > 7 and sub(k, 1, 7) == "userdb_" then
+      t[sub(k, 8)] = v
     end
   end
   return t
@@ -321,6 +422,7 @@ function script_init(args)
 end
 
 function script_deinit()
+  M.close()
 end
 
 function auth_password_verify(req, password)

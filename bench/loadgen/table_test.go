@@ -1,0 +1,35 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestDovecotBaselineRows: with BENCH_BASELINE, each Lua row is printed
+// right after its "@base" row, and compared with it and with
+// dovecot-ldap; a Dovecot-only run prints no saslauthd table.
+func TestDovecotBaselineRows(t *testing.T) {
+	rows := []Result{
+		{Label: "dovecot-lua", Concurrency: 8, RPS: 6000, DaemonCPUus: 40, DovecotCPUus: 110},
+		{Label: "dovecot-ldap", Concurrency: 8, RPS: 5000, DovecotCPUus: 80},
+		{Label: "dovecot-lua@base", Concurrency: 8, RPS: 4000, DaemonCPUus: 80, DovecotCPUus: 160},
+	}
+	var b strings.Builder
+	printTable(&b, rows)
+	out := b.String()
+	if strings.Contains(out, "| system ") {
+		t.Errorf("the saslauthd table is printed without its rows:\n%s", out)
+	}
+	base, lua := strings.Index(out, "| dovecot-lua@base "), strings.Index(out, "| dovecot-lua ")
+	if base < 0 || lua < 0 || base > lua {
+		t.Errorf("want the @base row right before its row:\n%s", out)
+	}
+	for _, want := range []string{
+		"dovecot-lua        / dovecot-ldap                 c=8    1.20x   target >= 1x: met",
+		"dovecot-lua        c=8   6000/4000 = 1.50x          0.80x -> 1.20x             40/80 us = 0.50x           110/160 us = 0.69x (80)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}

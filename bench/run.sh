@@ -10,7 +10,8 @@
 #
 # Knobs (environment): BENCH_USERS (10000), BENCH_CONCURRENCY ("1 8 32"),
 # BENCH_DURATION per cell (4s), BENCH_WARMUP (1s), BENCH_LONG_STEPS and
-# BENCH_LONG_STEP (4 x 30s: the memory-growth run at c=32), BENCH_RESULTS
+# BENCH_LONG_STEP (4 x 30s: the memory-growth run at c=32), BENCH_PAIRS
+# (3: throttling on/off cell pairs per concurrency), BENCH_RESULTS
 # (also copy the raw JSON lines there), BENCH_KEEP=1 (keep the temp dir),
 # BENCH_ONLY=dovecot (only the Dovecot rows and the daemons they ask),
 # BENCH_BASELINE=DIR (DIR/mailauthd and DIR/mailauthd.lua of another build:
@@ -30,6 +31,7 @@ dur=${BENCH_DURATION:-4s}
 warm=${BENCH_WARMUP:-1s}
 long_steps=${BENCH_LONG_STEPS:-4}
 long_step=${BENCH_LONG_STEP:-30s}
+pairs=${BENCH_PAIRS:-3}
 only=${BENCH_ONLY:-}
 baseline=${BENCH_BASELINE:-}
 case $only in "" | dovecot) ;; *) echo "bench: BENCH_ONLY must be empty or dovecot" >&2; exit 2 ;; esac
@@ -286,6 +288,14 @@ for c in $concs; do
     for d in "${daemons[@]}"; do
       # shellcheck disable=SC2046 # word splitting wanted: daemon prints flags
       cell "$d" "$c" $(daemon "$d") "${load[@]}"
+    done
+    # What throttling costs: the same daemon with it on and off, alternated
+    # BENCH_PAIRS times, so that drift on a shared machine hits both sides.
+    for _ in $(seq "$pairs"); do
+      for d in mailauthd mailauthd-nothrottle; do
+        # shellcheck disable=SC2046
+        cell "pair:$d" "$c" $(daemon "$d") "${load[@]}"
+      done
     done
     # nginx's auth_http into the same two daemons (cache off, on).
     for d in mailauthd mailauthd-cache; do

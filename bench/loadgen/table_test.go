@@ -33,3 +33,25 @@ func TestDovecotBaselineRows(t *testing.T) {
 		}
 	}
 }
+
+// TestThrottlePairs: the throttling cost is the median of the on/off ratio
+// of each alternated pair, with its range; pair cells stay out of the main
+// table.
+func TestThrottlePairs(t *testing.T) {
+	rows := []Result{{Label: labelMine, Concurrency: 8, RPS: 5000}}
+	for i, p := range [][2]float64{{990, 1000}, {500, 1000}, {1000, 980}} {
+		rows = append(rows,
+			Result{Label: "pair:" + labelMine, Concurrency: 8, RPS: p[0], DaemonCPUus: 50 + float64(i)},
+			Result{Label: "pair:" + labelNoThrottle, Concurrency: 8, RPS: p[1], DaemonCPUus: 50})
+	}
+	var b strings.Builder
+	printTable(&b, rows)
+	out := b.String()
+	if strings.Contains(out, "| pair:") {
+		t.Errorf("pair cells in the main table:\n%s", out)
+	}
+	want := "c=8  req/s  0.99x (0.50-1.02)   daemon CPU per request  1.02x (1.00-1.04)   (3 pairs)"
+	if !strings.Contains(out, want) {
+		t.Errorf("output lacks %q:\n%s", want, out)
+	}
+}

@@ -12,8 +12,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -430,5 +432,49 @@ func BenchmarkCheckpassword(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckpasswordUsageLeavesFDsAlone: fds 3 and 4 are Dovecot's only when
+// a checkpassword run really starts. "checkpassword -h" or a usage error,
+// run in-process as the CLI tests do, must not wrap (and, through the
+// finalizer, close) whatever this process has there: once that was the Go
+// runtime's epoll descriptor, and the test binary died.
+func TestCheckpasswordUsageLeavesFDsAlone(t *testing.T) {
+	// Make sure 3 and 4 are open, and note what they are.
+	var keep []*os.File
+	for len(keep) < 8 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, f)
+	}
+	defer func() {
+		for _, f := range keep {
+			f.Close()
+		}
+	}()
+	before := map[int]syscall.Stat_t{}
+	for _, fd := range []int{3, 4} {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			t.Fatalf("fd %d: %v", fd, err)
+		}
+		before[fd] = st
+	}
+	for _, args := range [][]string{{"checkpassword", "-h"}, {"checkpassword", "--no-such-flag"}, {"checkpassword", "/reply", "extra"}} {
+		var out, errOut bytes.Buffer
+		run(args, &out, &errOut)
+	}
+	for i := 0; i < 3; i++ {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond)
+	}
+	for fd, st := range before {
+		var now syscall.Stat_t
+		if err := syscall.Fstat(fd, &now); err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
+			t.Errorf("fd %d changed under the test process: %v", fd, err)
+		}
 	}
 }

@@ -93,6 +93,9 @@ type cpWorld struct {
 	cfgPath string
 	cfg     *config.File
 	sock    string
+	// cfgView is the configuration as a program chrooted elsewhere sees it
+	// (newCPWorldIn); cfgPath otherwise.
+	cfgView string
 
 	mu      sync.Mutex
 	daemon  *daemon.Daemon
@@ -129,11 +132,20 @@ dovecot:
 `
 
 func newCPWorld(t testing.TB) *cpWorld {
+	dir := publicTempDir(t)
+	return newCPWorldIn(t, dir, dir)
+}
+
+// newCPWorldIn makes the world in dir, which a program chrooted elsewhere
+// (Dovecot from another Debian release's root) sees as view: when the two
+// differ, that program gets its own configuration (cfgView) naming the
+// same files as it sees them.
+func newCPWorldIn(t testing.TB, dir, view string) *cpWorld {
 	t.Helper()
 	s := slapdtest.Start(t, slapdtest.WithLDIF(
 		filepath.Join(slapdtest.TestdataDir(), "users.ldif"),
 		filepath.Join(slapdtest.TestdataDir(), "..", "dovecot", "users.ldif")))
-	w := &cpWorld{dir: publicTempDir(t), slapd: s}
+	w := &cpWorld{dir: dir, slapd: s}
 	w.sock = filepath.Join(w.dir, "control")
 	pwFile := filepath.Join(w.dir, "bindpw")
 	// Readable by the dovecot user: the standalone path needs it. (The
@@ -144,6 +156,14 @@ func newCPWorld(t testing.TB) *cpWorld {
 	w.cfgPath = filepath.Join(w.dir, "mailauthd.yaml")
 	if err := os.WriteFile(w.cfgPath, fmt.Appendf(nil, cpConfigTemplate, w.sock, s.URL(), pwFile), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	w.cfgView = w.cfgPath
+	if view != dir {
+		w.cfgView = filepath.Join(view, "mailauthd-view.yaml")
+		body := fmt.Appendf(nil, cpConfigTemplate, filepath.Join(view, "control"), s.URL(), filepath.Join(view, "bindpw"))
+		if err := os.WriteFile(filepath.Join(dir, "mailauthd-view.yaml"), body, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, err := config.Load(w.cfgPath, "")
 	if err != nil {

@@ -7,7 +7,8 @@ pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
       389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime
       dovecot-auth-lua lua-socket debootstrap redis-server fail2ban
       cyrus-common dpkg-dev debhelper lintian go-md2man git
-      nginx libnginx-mod-mail dovecot-imapd pamtester lua5.4 dovecot-ldap)
+      nginx libnginx-mod-mail dovecot-imapd pamtester lua5.4 dovecot-ldap
+      build-essential)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

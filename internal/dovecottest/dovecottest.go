@@ -38,6 +38,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mailauthd/mailauthd/internal/mountns"
 )
 
 // Version is a Dovecot release line.
@@ -181,7 +183,7 @@ func (d *Dovecot) start(cfg Config) error {
 		// chroot ROOT dovecot, with a /proc mounted in a mount namespace of
 		// its own: the mount disappears with the last Dovecot process,
 		// however the test ends.
-		propagation, err := namespacePropagation()
+		propagation, err := mountns.Propagation()
 		if err != nil {
 			return err
 		}
@@ -219,39 +221,6 @@ func (d *Dovecot) start(cfg Config) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-var propagation struct {
-	once  sync.Once
-	value string
-	err   error
-}
-
-// namespacePropagation is unshare's --propagation for the master's mount
-// namespace: private, so the /proc mounted there never reaches the host's
-// namespace. Inside a chroot (this suite running in a Debian 13 root through
-// scripts/in-trixie.sh, with Dovecot 2.3 in a Debian 12 root within) "/" is
-// no mount point and cannot be made private, but every mount is already
-// private there (in-trixie.sh's namespace): "unchanged" keeps it so. With a
-// shared mount in sight the /proc mount could leak, so that is an error.
-func namespacePropagation() (string, error) {
-	propagation.once.Do(func() {
-		if exec.Command("unshare", "--mount", "--propagation", "private", "true").Run() == nil {
-			propagation.value = "private"
-			return
-		}
-		info, err := os.ReadFile("/proc/self/mountinfo")
-		if err != nil {
-			propagation.err = fmt.Errorf("dovecottest: no private mount namespace for the chrooted master: %w", err)
-			return
-		}
-		if bytes.Contains(info, []byte(" shared:")) {
-			propagation.err = errors.New(`dovecottest: no private mount namespace for the chrooted master: "/" is not a mount point and some mounts are shared`)
-			return
-		}
-		propagation.value = "unchanged"
-	})
-	return propagation.value, propagation.err
 }
 
 // Stop ends the master and every process it started, and removes the

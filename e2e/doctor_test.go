@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailauthd/mailauthd/internal/dovecottest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -65,6 +66,13 @@ func doctorJSON(t *testing.T, env []string, args ...string) *doctorReport {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, mailauthdBin, append([]string{"doctor", "--json", "--no-systemd"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
+	return doctorJSONOf(t, cmd)
+}
+
+// doctorJSONOf runs a prepared "mailauthd doctor --json" command (e.g. one
+// chrooted where the Dovecot it checks runs) and parses its report.
+func doctorJSONOf(t *testing.T, cmd *exec.Cmd) *doctorReport {
+	t.Helper()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -328,94 +336,49 @@ func TestDoctorCyrus(t *testing.T) {
 }
 
 // dovecotForDoctor runs a real Dovecot 2.3 whose passdb is mailauthd
-// checkpassword; authBlock is the "service auth" block ("" = Dovecot's
-// default 256M vsz_limit).
-func dovecotForDoctor(t *testing.T, cfg, authBlock string) (conf string, authTest func(user, pass string) (int, string)) {
+// checkpassword (bin, reading cfg; both as that Dovecot sees them);
+// authBlock is the "service auth" block ("" = Dovecot's default 256M
+// vsz_limit).
+func dovecotForDoctor(t *testing.T, bin, cfg dovecottest.Path, authBlock string) *dovecottest.Dovecot {
 	t.Helper()
-	dovecot := needBinary(t, "/usr/sbin/dovecot")
-	doveadm := needBinary(t, "/usr/bin/doveadm")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the Dovecot test runs dovecot's master, which needs root")
-		}
-		t.Skip("dovecot's master needs root")
-	}
-	dir := shortDir(t)
-	conf = filepath.Join(dir, "dovecot.conf")
-	body := fmt.Sprintf(`protocols =
-base_dir = %[1]s/run
-state_dir = %[1]s/state
-log_path = %[1]s/dovecot.log
-ssl = no
-auth_mechanisms = plain login
-auth_failure_delay = 0
-auth_cache_size = 0
-%[2]s
-passdb {
+	return dovecottest.Start(t, dovecottest.Version23, dovecottest.Config{
+		PassdbUserdb: fmt.Sprintf(`passdb {
   driver = checkpassword
-  args = %[3]s checkpassword --config %[4]s
+  args = %s checkpassword --config %s
 }
 userdb {
   driver = prefetch
+}`, bin.Dovecot, cfg.Dovecot),
+		Extra: authBlock,
+	})
 }
-`, dir, authBlock, mailauthdBin, cfg)
-	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	startLog, err := os.Create(filepath.Join(dir, "start.log"))
+
+// doctorDovecotConfig writes the daemon's configuration into dir, with a
+// control socket Dovecot's auth user may use (the checkpassword fast
+// path): daemon is the file the daemon reads, view the same configuration
+// with the paths as the system Dovecot runs on sees them (the same file,
+// unless that Dovecot is chrooted into another release's root).
+func doctorDovecotConfig(t *testing.T, dir dovecottest.Dir, ldapURL string) (daemon string, view dovecottest.Path) {
+	t.Helper()
+	pw, err := dir.WriteFile("bindpw", []byte(slapdtest.ServicePassword+"\n"), 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer startLog.Close()
-	cmd := exec.Command(dovecot, "-c", conf)
-	cmd.Stdout, cmd.Stderr = startLog, startLog
-	if err := cmd.Run(); err != nil {
-		b, _ := os.ReadFile(startLog.Name())
-		t.Fatalf("dovecot: %v\n%s", err, b)
-	}
-	t.Cleanup(func() {
-		exec.Command(dovecot, "-c", conf, "stop").Run()
-		for i := 0; i < 50; i++ {
-			if _, err := os.Stat(filepath.Join(dir, "run", "master.pid")); err != nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+	// The socket's group is the dovecot group of Dovecot's system: a
+	// chrooted one's has another number than the host's.
+	group := "dovecot"
+	if dir.Root() != "" {
+		_, gid, err := dir.LookupUser("dovecot")
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	for i := 0; ; i++ {
-		if _, err := os.Stat(filepath.Join(dir, "run", "auth-userdb")); err == nil {
-			break
-		}
-		if i > 100 {
-			b, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
-			t.Fatalf("dovecot auth never came up\n%s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
+		group = fmt.Sprint(gid)
 	}
-	authTest = func(user, pass string) (int, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, doveadm, "-c", conf, "auth", "test", user, pass).CombinedOutput()
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode(), string(out)
-		}
-		return 0, string(out)
-	}
-	return conf, authTest
-}
-
-// doctorDovecotConfig is the daemon's configuration with a control socket
-// Dovecot's auth user may use (the checkpassword fast path).
-func doctorDovecotConfig(t *testing.T, dir, sock, control, ldapURL string) string {
-	t.Helper()
-	pw := filepath.Join(dir, "bindpw")
-	if err := os.WriteFile(pw, []byte(slapdtest.ServicePassword+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	y := fmt.Sprintf(`listen:
+	yaml := func(sock, control, pw string) []byte {
+		return fmt.Appendf(nil, `listen:
   saslauthd:
     - {path: %q, mode: "0660"}
-  control: {path: %q, mode: "0660", group: dovecot}
+  control: {path: %q, mode: "0660", group: %q}
 ldap:
   urls: [%q]
   bind_dn: %q
@@ -424,30 +387,62 @@ ldap:
   timeout: 2s
 access:
   hostnames: [mail.example.org, mail]
-`, sock, control, ldapURL, slapdtest.ServiceDN, pw, slapdtest.PeopleDN)
-	p := filepath.Join(dir, "mailauthd.yaml")
-	if err := os.WriteFile(p, []byte(y), 0o644); err != nil {
+`, sock, control, group, ldapURL, slapdtest.ServiceDN, pw, slapdtest.PeopleDN)
+	}
+	sock, control := dir.Path("mux"), dir.Path("control")
+	p, err := dir.WriteFile("mailauthd.yaml", yaml(sock.Host, control.Host, pw.Host), 0o644)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return p
+	if dir.Root() == "" {
+		return p.Host, p
+	}
+	view, err = dir.WriteFile("mailauthd-view.yaml", yaml(sock.Dovecot, control.Dovecot, pw.Dovecot), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Host, view
 }
 
 // TestDoctorDovecot: the real Dovecot 2.3 with checkpassword, right (2G,
 // readable configuration, reachable control socket) and wrong (Dovecot's
 // default vsz_limit; the configuration mode the old package installed):
 // each time the doctor's verdict and a real login agree.
+//
+// The doctor runs where that Dovecot runs, as an admin would run it there:
+// on this host when it is the host's Dovecot, chrooted into its root when
+// it is another Debian release's (internal/dovecottest).
 func TestDoctorDovecot(t *testing.T) {
 	t.Parallel()
 	slapd := slapdtest.Start(t)
-	dir := shortDir(t)
-	sock, control := filepath.Join(dir, "mux"), filepath.Join(dir, "control")
-	cfg := doctorDovecotConfig(t, dir, sock, control, slapd.URL())
-	d := startDaemon(t, sock, "--config", cfg)
+	dir := dovecottest.TempDir(t, dovecottest.Version23)
+	bin, err := dir.CopyProgram(mailauthdBin, "mailauthd", "version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, view := doctorDovecotConfig(t, dir, slapd.URL())
+	control := dir.Path("control").Dovecot
+	d := startDaemon(t, dir.Path("mux").Host, "--config", cfg)
 	d.addPassword("alicepw")
+	doctor := func(conf dovecottest.Path) *doctorReport {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return doctorJSONOf(t, dir.CommandContext(ctx, bin.Dovecot, "doctor", "--json", "--no-systemd",
+			"--config", view.Dovecot, "--dovecot-config", conf.Dovecot, "--only", "dovecot"))
+	}
+	login := func(dove *dovecottest.Dovecot) (dovecottest.Result, string) {
+		t.Helper()
+		r, fields, err := dove.AuthTest("alice", "alicepw", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, fmt.Sprint(fields, "\n", dove.Log())
+	}
 
 	t.Run("right", func(t *testing.T) {
-		conf, auth := dovecotForDoctor(t, cfg, "service auth {\n  vsz_limit = 2G\n}")
-		r := doctorJSON(t, nil, "--config", cfg, "--dovecot-config", conf, "--only", "dovecot")
+		dove := dovecotForDoctor(t, bin, view, "service auth {\n  vsz_limit = 2G\n}")
+		r := doctor(dove.Conf)
 		f := r.want(t, "dovecot-ok", "info")
 		if !strings.Contains(f.Message, "via the daemon's control socket "+control) || !strings.Contains(f.Message, "vsz_limit 2") {
 			t.Errorf("dovecot-ok: %s", f.Message)
@@ -455,32 +450,32 @@ func TestDoctorDovecot(t *testing.T) {
 		if r.Worst != "info" {
 			t.Fatalf("a working Dovecot is not clean:\n%s", r.raw)
 		}
-		if code, out := auth("alice", "alicepw"); code != 0 {
-			t.Fatalf("the doctor says ok, but doveadm auth test: exit %d\n%s", code, out)
+		if res, out := login(dove); res != dovecottest.OK {
+			t.Fatalf("the doctor says ok, but doveadm auth test: %s\n%s", res, out)
 		}
 	})
 	t.Run("default vsz_limit", func(t *testing.T) {
-		conf, auth := dovecotForDoctor(t, cfg, "")
-		f := doctorJSON(t, nil, "--config", cfg, "--dovecot-config", conf, "--only", "dovecot").want(t, "dovecot-vsz-limit", "critical")
+		dove := dovecotForDoctor(t, bin, view, "")
+		f := doctor(dove.Conf).want(t, "dovecot-vsz-limit", "critical")
 		if !strings.Contains(f.Message, "256M (default_vsz_limit)") {
 			t.Errorf("message: %s", f.Message)
 		}
-		if code, out := auth("alice", "alicepw"); code == 0 {
+		if res, out := login(dove); res == dovecottest.OK {
 			t.Fatalf("the doctor says the vsz_limit kills checkpassword, but the login worked\n%s", out)
 		}
 	})
 	t.Run("configuration unreadable by dovecot", func(t *testing.T) {
-		conf, auth := dovecotForDoctor(t, cfg, "service auth {\n  vsz_limit = 2G\n}")
-		if err := os.Chmod(cfg, 0o600); err != nil {
+		dove := dovecotForDoctor(t, bin, view, "service auth {\n  vsz_limit = 2G\n}")
+		if err := os.Chmod(view.Host, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		defer os.Chmod(cfg, 0o644)
-		f := doctorJSON(t, nil, "--config", cfg, "--dovecot-config", conf, "--only", "dovecot").want(t, "dovecot-config-unreadable", "critical")
-		if f.Path != cfg || !strings.Contains(f.Fix, "chmod 0644 "+cfg) {
+		defer os.Chmod(view.Host, 0o644)
+		f := doctor(dove.Conf).want(t, "dovecot-config-unreadable", "critical")
+		if f.Path != view.Dovecot || !strings.Contains(f.Fix, "chmod 0644 "+view.Dovecot) {
 			t.Errorf("finding: %+v", f)
 		}
-		if code, out := auth("alice", "alicepw"); code == 0 {
-			t.Fatalf("the doctor says dovecot cannot read %s, but the login worked\n%s", cfg, out)
+		if res, out := login(dove); res == dovecottest.OK {
+			t.Fatalf("the doctor says dovecot cannot read %s, but the login worked\n%s", view.Dovecot, out)
 		}
 	})
 }

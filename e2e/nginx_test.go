@@ -57,14 +57,17 @@ func writeNginxLDIF(t *testing.T, dir string) string {
 	return path
 }
 
-// startIMAPBackend runs Dovecot 2.3's IMAP server on port on 127.0.0.1 and
+// startIMAPBackend runs Dovecot 2.3's IMAP server (the host's, or chrooted
+// into a Debian 12 root: internal/dovecottest) on port on 127.0.0.1 and
 // 127.0.0.2, with a passwd-file holding the same passwords as LDAP: the
 // backend checks again what nginx forwards, so a password mangled on the
 // way (escaping) fails the login.
 func startIMAPBackend(t *testing.T, port int) *dovecottest.Dovecot {
 	t.Helper()
-	needBinary(t, "/usr/lib/dovecot/imap", "/usr/lib/dovecot/imap-login")
 	dir := dovecottest.TempDir(t, dovecottest.Version23)
+	for _, p := range []string{"/usr/lib/dovecot/imap", "/usr/lib/dovecot/imap-login"} {
+		needBinary(t, dir.System(p))
+	}
 	var users strings.Builder
 	for _, u := range append(nginxUsers, struct{ uid, password, mailHost string }{"star", "starpw", ""}) {
 		fmt.Fprintf(&users, "%s:{PLAIN}%s\n", u.uid, u.password)

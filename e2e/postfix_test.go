@@ -91,15 +91,20 @@ smtpd_sasl_auth_enable = yes
 smtpd_sasl_type = cyrus
 smtpd_sasl_path = smtpd
 smtpd_sasl_security_options = noanonymous
+# Where libsasl2 reads smtpd.conf. Debian 12's Postfix has it compiled in
+# (<config_directory>/sasl:/usr/lib/sasl) and ignores this line; Debian
+# 13's (3.9+) reads only this line, and without it falls back to libsasl2's
+# own /etc/sasl2: then smtpd.conf below is never read and every login fails.
+cyrus_sasl_config_path = %[5]s
 smtpd_tls_security_level = none
 maillog_file = %[3]s
 maillog_file_prefixes = %[4]s
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 alias_maps =
 alias_database =
-`, queue, data, filepath.Join(dir, "maillog"), dir) + strings.Join(extraMain, "\n") + "\n"
+`, queue, data, filepath.Join(dir, "maillog"), dir, filepath.Join(etc, "sasl")) + strings.Join(extraMain, "\n") + "\n"
 	masterCF := fmt.Sprintf("127.0.0.1:%d inet n - n - - smtpd\n", port) + masterServices
-	// Debian's libsasl2 reads <config_directory>/sasl/<smtpd_sasl_path>.conf.
+	// libsasl2 reads <cyrus_sasl_config_path>/<smtpd_sasl_path>.conf.
 	saslConf := fmt.Sprintf("pwcheck_method: saslauthd\nsaslauthd_path: %s\nmech_list: PLAIN LOGIN\n", socket)
 	for name, body := range map[string]string{
 		filepath.Join(etc, "main.cf"):            mainCF,

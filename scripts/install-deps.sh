@@ -7,7 +7,8 @@ pkgs=(slapd ldap-utils sasl2-bin libsasl2-modules postfix swaks dovecot-core
       389-ds-base samba samba-ad-dc samba-ad-provision winbind ldb-tools faketime
       dovecot-auth-lua lua-socket debootstrap redis-server fail2ban
       cyrus-common dpkg-dev debhelper lintian go-md2man git
-      nginx libnginx-mod-mail dovecot-imapd pamtester lua5.4 dovecot-ldap)
+      nginx libnginx-mod-mail dovecot-imapd pamtester lua5.4 dovecot-ldap
+      build-essential)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,6 +42,12 @@ $SUDO apt-get "${lock[@]}" update -qq
 $SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system daemons we do not use; tests start their own copies.
 unpack_cyrus
+# Not in a chroot (the Debian 13 root of scripts/in-trixie.sh): nothing was
+# started there (its policy-rc.d), and init scripts run from inside a
+# chroot may reach processes outside it.
+if ischroot 2>/dev/null; then
+  exit 0
+fi
 for s in slapd saslauthd postfix dovecot cyrus-imapd dirsrv.target samba-ad-dc smbd nmbd winbind redis-server fail2ban nginx; do
   $SUDO systemctl stop "$s" 2>/dev/null || $SUDO service "$s" stop 2>/dev/null || true
 done

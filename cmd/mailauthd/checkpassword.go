@@ -20,8 +20,7 @@ func init() {
 			return checkpasswordMain(args, stdout, checkpasswordIO{
 				stderr: stderr,
 				getenv: os.Getenv,
-				fd3:    os.NewFile(3, "fd3"),
-				fd4:    os.NewFile(4, "fd4"),
+				fds:    func() (*os.File, *os.File) { return os.NewFile(3, "fd3"), os.NewFile(4, "fd4") },
 				exit:   os.Exit,
 			})
 		})
@@ -30,10 +29,15 @@ func init() {
 // checkpasswordIO is what the run touches outside itself, so tests can
 // drive it without a Dovecot.
 type checkpasswordIO struct {
-	stderr   io.Writer
-	getenv   func(string) string
-	fd3, fd4 *os.File
-	exit     func(int) // the watchdog's way out
+	stderr io.Writer
+	getenv func(string) string
+	// fds wraps Dovecot's fd 3 (request) and fd 4 (reply), called only
+	// once the run really starts: an *os.File owns its descriptor and its
+	// finalizer closes it, so wrapping 3 and 4 for "checkpassword -h" in a
+	// process that uses them otherwise (a test calling run in-process)
+	// would close them under it.
+	fds  func() (fd3, fd4 *os.File)
+	exit func(int) // the watchdog's way out
 }
 
 // checkpasswordMain parses the flags and runs package checkpassword with a
@@ -69,8 +73,9 @@ func checkpasswordMain(args []string, stdout io.Writer, cio checkpasswordIO) int
 		fb.Client = &control.Client{Path: cfg.Listen.Control.Path, Timeout: cfg.Checkpassword.Timeout}
 	}
 	defer fb.Close()
+	fd3, fd4 := cio.fds()
 	r := &checkpassword.Run{
-		Getenv: cio.getenv, FD3: cio.fd3, FD4: cio.fd4, Exit: cio.exit,
+		Getenv: cio.getenv, FD3: fd3, FD4: fd4, Exit: cio.exit,
 		Timeout: cfg.Checkpassword.Timeout, Logger: log,
 		Decider: fb, Via: fb.Via,
 	}

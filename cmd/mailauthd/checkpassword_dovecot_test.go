@@ -1,147 +1,69 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/mailauthd/mailauthd/internal/dovecottest"
 )
 
-const (
-	dovecotPath = "/usr/sbin/dovecot"
-	doveadmPath = "/usr/bin/doveadm"
-)
-
-// dovecotConfTemplate is the configuration documented in docs/dovecot.md,
-// with paths in a temp dir. %[1]s dir, %[2]s passdb args, %[3]s userdb block.
-const dovecotConfTemplate = `protocols =
-base_dir = %[1]s/run
-state_dir = %[1]s/state
-log_path = %[1]s/dovecot.log
-ssl = no
-auth_mechanisms = plain login
-auth_verbose = yes
-# No delay after a failed login: the test runs many on purpose.
-auth_failure_delay = 0
-auth_cache_size = 0
-# Dovecot's default 256M address-space limit is inherited by the
-# checkpassword child; a Go program reserves about 1.2G of (never touched)
-# address space, and 1G failed now and then under load.
-service auth {
-  vsz_limit = 2G
-}
-passdb {
+// dovecotCheckpasswordTemplate is the configuration documented in
+// docs/dovecot.md: %[1]s is the passdb's args, %[2]s the userdb block.
+// Dovecot 2.3 only: 2.4 has no checkpassword driver.
+const dovecotCheckpasswordTemplate = `passdb {
   driver = checkpassword
-  args = %[2]s
+  args = %[1]s
 }
-%[3]s
+%[2]s
 `
 
-type dovecot struct {
-	conf string
-	log  string
+// dovecotCheckpasswordVsz: Dovecot's default 256M address-space limit is
+// inherited by the checkpassword child; a Go program reserves about 1.2G
+// of (never touched) address space, and 1G failed now and then under load.
+const dovecotCheckpasswordVsz = `service auth {
+  vsz_limit = 2G
 }
+`
 
-// startDovecot runs a real Dovecot master with its own config; userdb is
-// the userdb block (prefetch or checkpassword).
-func startDovecot(t *testing.T, args, userdb string) *dovecot {
+// doveadm runs doveadm args... against d and returns its exit code and
+// everything it printed.
+func doveadm(t *testing.T, d *dovecottest.Dovecot, args ...string) (int, string) {
 	t.Helper()
-	for _, p := range []string{dovecotPath, doveadmPath} {
-		if _, err := os.Stat(p); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not installed (run scripts/install-deps.sh)", p)
-			}
-			t.Skipf("%s not installed", p)
-		}
-	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the Dovecot test runs dovecot's master, which needs root")
-		}
-		t.Skip("dovecot's master needs root")
-	}
-	dir := publicTempDir(t)
-	d := &dovecot{conf: filepath.Join(dir, "dovecot.conf"), log: filepath.Join(dir, "dovecot.log")}
-	conf := fmt.Sprintf(dovecotConfTemplate, dir, args, userdb)
-	if err := os.WriteFile(d.conf, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The master daemonizes and its children keep stdout/stderr open:
-	// give it a file, not a pipe, or waiting for it never ends.
-	startLog, err := os.Create(filepath.Join(dir, "start.log"))
+	code, out, errOut, err := d.Doveadm(args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer startLog.Close()
-	cmd := exec.Command(dovecotPath, "-c", d.conf)
-	cmd.Stdout, cmd.Stderr = startLog, startLog
-	if err := cmd.Run(); err != nil {
-		out, _ := os.ReadFile(startLog.Name())
-		t.Fatalf("dovecot: %v\n%s\n%s", err, out, d.logText())
-	}
-	t.Cleanup(func() {
-		exec.Command(dovecotPath, "-c", d.conf, "stop").Run()
-		// Wait for the master to remove its pid file, so the temp dir
-		// can go.
-		for i := 0; i < 50; i++ {
-			if _, err := os.Stat(filepath.Join(dir, "run", "master.pid")); err != nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	})
-	// The auth socket appears once the auth process is up.
-	for i := 0; ; i++ {
-		if _, err := os.Stat(filepath.Join(dir, "run", "auth-userdb")); err == nil {
-			break
-		}
-		if i > 100 {
-			t.Fatalf("dovecot auth never came up\n%s", d.logText())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return d
-}
-
-func (d *dovecot) logText() string {
-	b, _ := os.ReadFile(d.log)
-	return string(b)
-}
-
-// doveadm runs doveadm -c CONF args... and returns its exit code and output.
-func (d *dovecot) doveadm(t *testing.T, args ...string) (int, string) {
-	t.Helper()
-	cmd := exec.Command(doveadmPath, append([]string{"-c", d.conf}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), out.String()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, out.String()
+	return code, out + errOut
 }
 
 // TestDovecot runs a real Dovecot 2.3 with mailauthd as its checkpassword
 // passdb (and, in a second instance, userdb), through the daemon's control
 // socket and standalone, and checks what doveadm sees.
+//
+// The Dovecot is 2.3 on either Debian release: the host's on Debian 12, a
+// Debian 12 root's on Debian 13 (internal/dovecottest), with the binary
+// and its configuration inside the tree it sees.
 func TestDovecot(t *testing.T) {
-	bin := mailauthdBinary(t)
-	w := newCPWorld(t)
-	args := bin + " checkpassword --config " + w.cfgPath
-	withPrefetch := startDovecot(t, args, "userdb {\n  driver = prefetch\n}")
-	withUserdb := startDovecot(t, args, "userdb {\n  driver = checkpassword\n  args = "+args+"\n}")
+	dir := dovecottest.TempDir(t, dovecottest.Version23)
+	bin, err := dir.CopyProgram(mailauthdBinary(t), "mailauthd", "version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newCPWorldIn(t, dir.Host, dir.Dovecot)
+	args := bin.Dovecot + " checkpassword --config " + w.cfgView
+	start := func(userdb string) *dovecottest.Dovecot {
+		return dovecottest.Start(t, dovecottest.Version23, dovecottest.Config{
+			PassdbUserdb: fmt.Sprintf(dovecotCheckpasswordTemplate, args, userdb),
+			Extra:        dovecotCheckpasswordVsz,
+		})
+	}
+	withPrefetch := start("userdb {\n  driver = prefetch\n}")
+	withUserdb := start("userdb {\n  driver = checkpassword\n  args = " + args + "\n}")
 
 	type check struct {
 		name     string
-		d        *dovecot
+		d        *dovecottest.Dovecot
 		args     []string
 		wantExit int
 		want     []string // lines that must appear in doveadm's output
@@ -192,9 +114,9 @@ func TestDovecot(t *testing.T) {
 					n++
 					args = append([]string{"auth", "test", "-x", fmt.Sprintf("rip=198.51.100.%d", n)}, args[2:]...)
 				}
-				code, out := c.d.doveadm(t, args...)
+				code, out := doveadm(t, c.d, args...)
 				if code != c.wantExit {
-					t.Fatalf("doveadm %v: exit %d, want %d\n%s\n%s", c.args, code, c.wantExit, out, c.d.logText())
+					t.Fatalf("doveadm %v: exit %d, want %d\n%s\n%s", c.args, code, c.wantExit, out, c.d.Log())
 				}
 				for _, s := range c.want {
 					if !strings.Contains(out, s) {
@@ -210,7 +132,7 @@ func TestDovecot(t *testing.T) {
 		}
 	}
 
-	log := withPrefetch.logText()
+	log := withPrefetch.Log()
 	for _, s := range []string{
 		// Our decision lines, filed as Info (not Error) with the client
 		// address and service doveadm passed.
@@ -236,16 +158,16 @@ func TestDovecot(t *testing.T) {
 		} else {
 			w.stopDaemon()
 		}
-		code, out := withPrefetch.doveadm(t, "auth", "test", "-x", map[string]string{"daemon": "rip=203.0.113.1", "standalone": "rip=203.0.113.2"}[via], "alice", "alicepw")
+		code, out := doveadm(t, withPrefetch, "auth", "test", "-x", map[string]string{"daemon": "rip=203.0.113.1", "standalone": "rip=203.0.113.2"}[via], "alice", "alicepw")
 		if code != 77 || !strings.Contains(out, "code=temp_fail") {
 			t.Errorf("%s, LDAP down: exit %d, want 77 with code=temp_fail:\n%s", via, code, out)
 		}
-		code, out = withUserdb.doveadm(t, "user", "alice")
+		code, out = doveadm(t, withUserdb, "user", "alice")
 		if code != 75 {
 			t.Errorf("%s, LDAP down: doveadm user exit %d, want 75 (temporary failure):\n%s", via, code, out)
 		}
 	}
-	if log := withPrefetch.logText(); !strings.Contains(log, "exited with status 111") {
+	if log := withPrefetch.Log(); !strings.Contains(log, "exited with status 111") {
 		t.Errorf("dovecot log lacks the 111 exit:\n%s", log)
 	}
 }

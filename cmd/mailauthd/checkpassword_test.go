@@ -12,8 +12,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,6 +93,9 @@ type cpWorld struct {
 	cfgPath string
 	cfg     *config.File
 	sock    string
+	// cfgView is the configuration as a program chrooted elsewhere sees it
+	// (newCPWorldIn); cfgPath otherwise.
+	cfgView string
 
 	mu      sync.Mutex
 	daemon  *daemon.Daemon
@@ -127,11 +132,20 @@ dovecot:
 `
 
 func newCPWorld(t testing.TB) *cpWorld {
+	dir := publicTempDir(t)
+	return newCPWorldIn(t, dir, dir)
+}
+
+// newCPWorldIn makes the world in dir, which a program chrooted elsewhere
+// (Dovecot from another Debian release's root) sees as view: when the two
+// differ, that program gets its own configuration (cfgView) naming the
+// same files as it sees them.
+func newCPWorldIn(t testing.TB, dir, view string) *cpWorld {
 	t.Helper()
 	s := slapdtest.Start(t, slapdtest.WithLDIF(
 		filepath.Join(slapdtest.TestdataDir(), "users.ldif"),
 		filepath.Join(slapdtest.TestdataDir(), "..", "dovecot", "users.ldif")))
-	w := &cpWorld{dir: publicTempDir(t), slapd: s}
+	w := &cpWorld{dir: dir, slapd: s}
 	w.sock = filepath.Join(w.dir, "control")
 	pwFile := filepath.Join(w.dir, "bindpw")
 	// Readable by the dovecot user: the standalone path needs it. (The
@@ -142,6 +156,14 @@ func newCPWorld(t testing.TB) *cpWorld {
 	w.cfgPath = filepath.Join(w.dir, "mailauthd.yaml")
 	if err := os.WriteFile(w.cfgPath, fmt.Appendf(nil, cpConfigTemplate, w.sock, s.URL(), pwFile), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	w.cfgView = w.cfgPath
+	if view != dir {
+		w.cfgView = filepath.Join(view, "mailauthd-view.yaml")
+		body := fmt.Appendf(nil, cpConfigTemplate, filepath.Join(view, "control"), s.URL(), filepath.Join(view, "bindpw"))
+		if err := os.WriteFile(filepath.Join(dir, "mailauthd-view.yaml"), body, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, err := config.Load(w.cfgPath, "")
 	if err != nil {
@@ -430,5 +452,49 @@ func BenchmarkCheckpassword(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckpasswordUsageLeavesFDsAlone: fds 3 and 4 are Dovecot's only when
+// a checkpassword run really starts. "checkpassword -h" or a usage error,
+// run in-process as the CLI tests do, must not wrap (and, through the
+// finalizer, close) whatever this process has there: once that was the Go
+// runtime's epoll descriptor, and the test binary died.
+func TestCheckpasswordUsageLeavesFDsAlone(t *testing.T) {
+	// Make sure 3 and 4 are open, and note what they are.
+	var keep []*os.File
+	for len(keep) < 8 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, f)
+	}
+	defer func() {
+		for _, f := range keep {
+			f.Close()
+		}
+	}()
+	before := map[int]syscall.Stat_t{}
+	for _, fd := range []int{3, 4} {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			t.Fatalf("fd %d: %v", fd, err)
+		}
+		before[fd] = st
+	}
+	for _, args := range [][]string{{"checkpassword", "-h"}, {"checkpassword", "--no-such-flag"}, {"checkpassword", "/reply", "extra"}} {
+		var out, errOut bytes.Buffer
+		run(args, &out, &errOut)
+	}
+	for i := 0; i < 3; i++ {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond)
+	}
+	for fd, st := range before {
+		var now syscall.Stat_t
+		if err := syscall.Fstat(fd, &now); err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
+			t.Errorf("fd %d changed under the test process: %v", fd, err)
+		}
 	}
 }

@@ -30,8 +30,8 @@ const dovecotPAMVsz = `service auth-worker {
 }
 `
 
-// installPAMService writes a pam.d service file into pamd (/etc/pam.d, or
-// the Debian 13 root's), where Dovecot's pam_start reads it: Dovecot cannot
+// installPAMService writes a pam.d service file into pamd (the /etc/pam.d
+// of the system Dovecot runs on), where Dovecot's pam_start reads it: Dovecot cannot
 // be given a pam.d directory, and libpam reads /etc/pam.d. The name is
 // unique; t.Cleanup removes it.
 func installPAMService(t *testing.T, pamd, name, content string) {
@@ -73,6 +73,21 @@ userdb static {
 }
 `
 
+// dovecotPAMWorld is a PAM world where Dovecot v can reach it: in a
+// directory of the tree that Dovecot sees (the host's, or the root of the
+// Debian release that ships v), with the mailauthd binary copied there and
+// checked to run there. It returns the world and that system's pam.d
+// directory.
+func dovecotPAMWorld(t *testing.T, v dovecottest.Version) (*pamWorld, string) {
+	t.Helper()
+	dir := dovecottest.TempDir(t, v)
+	bin, err := dir.CopyProgram(mailauthdBinary(t), "mailauthd", "version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newPAMWorldIn(t, dir.Host, dir.Dovecot, bin.Dovecot), dir.System("/etc/pam.d")
+}
+
 // TestPAMDovecot runs a real Dovecot 2.3 with passdb { driver = pam } on
 // the shipped pam.d file, through the daemon and standalone, and requires
 // the saslauthd socket's answer for every case of the table.
@@ -82,10 +97,10 @@ userdb static {
 // passes --service smtp (what args = * and a file per protocol give an
 // admin; the test cannot take /etc/pam.d/imap from the host).
 func TestPAMDovecot(t *testing.T) {
-	w := newPAMWorld(t)
+	w, pamd := dovecotPAMWorld(t, dovecottest.Version23)
 	name := uniquePAMName(t)
 	for _, svc := range []string{"imap", "smtp"} {
-		installPAMService(t, "/etc/pam.d", name+"-"+svc, w.shippedPAMFile(t, "dovecot", " --service "+svc))
+		installPAMService(t, pamd, name+"-"+svc, w.shippedPAMFile(t, "dovecot", " --service "+svc))
 	}
 	d := dovecottest.Start(t, dovecottest.Version23, dovecottest.Config{
 		PassdbUserdb: fmt.Sprintf(dovecotPAMBlock, name+"-%Ls"),
@@ -105,24 +120,12 @@ func TestPAMDovecot(t *testing.T) {
 	}
 }
 
-// TestPAMDovecot24 is TestPAMDovecot on Dovecot 2.4, chrooted into the
-// Debian 13 root: the binary, its configuration and the control socket lie
-// inside the root, and the service files go to the root's /etc/pam.d.
+// TestPAMDovecot24 is TestPAMDovecot on Dovecot 2.4.
 func TestPAMDovecot24(t *testing.T) {
-	dir := dovecottest.TempDir(t, dovecottest.Version24)
-	data, err := os.ReadFile(mailauthdBinary(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := dir.WriteFile("mailauthd", data, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := newPAMWorldIn(t, dir.Host, dir.Dovecot, bin.Dovecot)
-	root := strings.TrimSuffix(dir.Host, dir.Dovecot)
+	w, pamd := dovecotPAMWorld(t, dovecottest.Version24)
 	name := uniquePAMName(t)
 	for _, svc := range []string{"imap", "smtp"} {
-		installPAMService(t, filepath.Join(root, "etc", "pam.d"), name+"-"+svc, w.shippedPAMFile(t, "dovecot", " --service "+svc))
+		installPAMService(t, pamd, name+"-"+svc, w.shippedPAMFile(t, "dovecot", " --service "+svc))
 	}
 	d := dovecottest.Start(t, dovecottest.Version24, dovecottest.Config{
 		PassdbUserdb: fmt.Sprintf(dovecotPAMBlock24, name+"-%{protocol}"),
@@ -210,9 +213,9 @@ func dovecotPAMCases(t *testing.T, w *pamWorld, d *dovecottest.Dovecot) {
 // address-space limit, which pam_exec's child inherits: every login fails,
 // and pam_exec's log= file shows why.
 func TestPAMDovecotDefaultVszLimit(t *testing.T) {
-	w := newPAMWorld(t)
+	w, pamd := dovecotPAMWorld(t, dovecottest.Version23)
 	name := uniquePAMName(t)
-	installPAMService(t, "/etc/pam.d", name, w.shippedPAMFile(t, "dovecot", ""))
+	installPAMService(t, pamd, name, w.shippedPAMFile(t, "dovecot", ""))
 	d := dovecottest.Start(t, dovecottest.Version23, dovecottest.Config{
 		PassdbUserdb: fmt.Sprintf(dovecotPAMBlock, name),
 	})

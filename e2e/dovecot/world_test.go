@@ -1,5 +1,6 @@
-// Package dovecot runs a real Dovecot 2.3 (the host's) and 2.4 (the Debian
-// 13 root of internal/dovecottest) against the real daemon (daemon.New and
+// Package dovecot runs a real Dovecot 2.3 and 2.4 (the host's, or one
+// chrooted into the root of the Debian release that ships it: see
+// internal/dovecottest) against the real daemon (daemon.New and
 // Serve, as "mailauthd serve" does) and a real slapd: the Lua passdb and
 // userdb of packaging/dovecot/mailauthd.lua on both versions, and Dovecot
 // 2.3's checkpassword driver running the mailauthd binary, all through one
@@ -145,7 +146,7 @@ const daemonConfig = `listen:
   control:
     path: %[1]s
     mode: "0660"
-    group: dovecot
+    group: %[4]s
 ldap:
   urls: [%[2]s]
   base: ou=people,dc=example,dc=org
@@ -186,6 +187,9 @@ type world struct {
 	dir     dovecottest.Dir
 	sock    dovecottest.Path
 	cfgPath string
+	// cfgView is the configuration checkpassword reads, with the paths as
+	// Dovecot sees them: cfgPath itself, unless Dovecot runs chrooted.
+	cfgView string
 	cfg     *config.File
 	slapd   *slapdtest.Server
 	log     *lockedBuffer
@@ -212,11 +216,28 @@ func newWorld(t *testing.T, v dovecottest.Version) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf, err := dir.WriteFile("mailauthd.yaml", fmt.Appendf(nil, daemonConfig, w.sock.Host, s.URL(), pw.Host), 0o644)
+	// The socket's group is the dovecot group of the system Dovecot runs
+	// on: a chrooted one's has another number than the host's.
+	group := "dovecot"
+	if dir.Root() != "" {
+		_, gid, err := dir.LookupUser("dovecot")
+		if err != nil {
+			t.Fatal(err)
+		}
+		group = fmt.Sprint(gid)
+	}
+	conf, err := dir.WriteFile("mailauthd.yaml", fmt.Appendf(nil, daemonConfig, w.sock.Host, s.URL(), pw.Host, group), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.cfgPath = conf.Host
+	w.cfgPath, w.cfgView = conf.Host, conf.Dovecot
+	if dir.Root() != "" {
+		view, err := dir.WriteFile("mailauthd-view.yaml", fmt.Appendf(nil, daemonConfig, w.sock.Dovecot, s.URL(), pw.Dovecot, group), 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.cfgView = view.Dovecot
+	}
 	if w.cfg, err = config.Load(w.cfgPath, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -299,12 +320,17 @@ func (w *world) startLua(t *testing.T) *dovecottest.Dovecot {
 }
 
 // startCheckpassword runs Dovecot 2.3 with the documented checkpassword
-// blocks (passdb and userdb) running the built binary.
+// blocks (passdb and userdb) running the built binary, copied where that
+// Dovecot can run it.
 func (w *world) startCheckpassword(t *testing.T) *dovecottest.Dovecot {
 	t.Helper()
+	bin, err := w.dir.CopyProgram(mailauthdBinary(t), "mailauthd", "version")
+	if err != nil {
+		t.Fatal(err)
+	}
 	blocks := docBlock(t, "checkpassword-2.3")
-	blocks = strings.ReplaceAll(blocks, docBinary, mailauthdBinary(t))
-	blocks = strings.ReplaceAll(blocks, docConfig, w.cfgPath)
+	blocks = strings.ReplaceAll(blocks, docBinary, bin.Dovecot)
+	blocks = strings.ReplaceAll(blocks, docConfig, w.cfgView)
 	return dovecottest.Start(t, w.v, dovecottest.Config{PassdbUserdb: stripMechanisms(blocks)})
 }
 

@@ -1,9 +1,10 @@
 // Package dovecottest runs a real Dovecot for integration tests, in two
-// versions: 2.3 from the host (Debian 12's dovecot-core, with
-// dovecot-auth-lua and lua-socket from scripts/install-deps.sh), and 2.4
-// chrooted into a Debian 13 root (scripts/trixie-root.sh builds it; the
-// harness runs the script the first time a test binary needs it). On a
-// Debian 13 host the host's own Dovecot 2.4 is used and 2.3 is unavailable.
+// versions, 2.3 and 2.4, on either Debian release: the host's own Dovecot
+// when `dovecot --version` says it is the version asked for, otherwise the
+// one of the Debian release that ships it, chrooted into a root that
+// scripts/debian-root.sh builds (the harness runs the script the first time
+// a test binary needs it): Debian 13's (trixie) for 2.4 on a Debian 12
+// host, Debian 12's (bookworm) for 2.3 on a Debian 13 host.
 //
 // Each instance has a self-contained configuration: no protocols, base_dir,
 // state and log in its own directory, no users but the packages' dovecot and
@@ -12,10 +13,12 @@
 // supplies the passdb and userdb blocks in the version's own syntax (see
 // FINDINGS.md for both).
 //
-// Files Dovecot must reach (a Lua script, a daemon's socket) must lie inside
-// the tree Dovecot sees, which for 2.4 is the Debian 13 root: make them with
-// NewDir or TempDir, whose Path gives both the host path (for the test) and
-// the path as Dovecot sees it (for the configuration).
+// Files Dovecot must reach (a Lua script, a program it runs, a daemon's
+// socket) must lie inside the tree Dovecot sees, which for a chrooted one is
+// its root: make them with NewDir or TempDir, whose Path gives both the host
+// path (for the test) and the path as Dovecot sees it (for the
+// configuration); Dir.System and Dir.Command reach the rest of that system
+// (its /etc/pam.d, its programs).
 //
 // Tests call Start(t, ...), or share one instance per test binary with
 // Shared; programs call Launch and Stop.
@@ -35,14 +38,16 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mailauthd/mailauthd/internal/mountns"
 )
 
 // Version is a Dovecot release line.
 type Version int
 
 const (
-	Version23 Version = 23 // Debian 12 (bookworm): 2.3.19
-	Version24 Version = 24 // Debian 13 (trixie): 2.4.1
+	Version23 Version = 23 // Debian 12 (bookworm) ships 2.3.19
+	Version24 Version = 24 // Debian 13 (trixie) ships 2.4.1
 )
 
 func (v Version) String() string {
@@ -178,7 +183,11 @@ func (d *Dovecot) start(cfg Config) error {
 		// chroot ROOT dovecot, with a /proc mounted in a mount namespace of
 		// its own: the mount disappears with the last Dovecot process,
 		// however the test ends.
-		cmd = exec.Command("unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+		propagation, err := mountns.Propagation()
+		if err != nil {
+			return err
+		}
+		cmd = exec.Command("unshare", "--mount", "--propagation", propagation, "/bin/sh", "-c",
 			`mount -t proc -o nosuid,nodev,noexec proc "$1/proc" && exec chroot "$1" "$2" -F -c "$3"`,
 			"sh", d.inst.root, d.inst.dovecot, d.Conf.Dovecot)
 	}
@@ -477,7 +486,7 @@ func fileExists(p string) bool {
 }
 
 // Path is one file as the test sees it (Host) and as Dovecot sees it
-// (Dovecot): for Version24 the second is relative to the Debian 13 root.
+// (Dovecot): for a chrooted Dovecot the second is relative to its root.
 type Path struct {
 	Host    string
 	Dovecot string
@@ -520,17 +529,68 @@ func (d Dir) CopyFile(src, name string) (Path, error) {
 }
 
 // LookupUser finds a user in the passwd file of the system Dovecot runs on
-// (the Debian 13 root's for Version24: its dovecot user has other ids than
-// the host's), for a socket that must be owned by or open to it.
+// (its root's when chrooted: the dovecot user there has other ids than the
+// host's), for a socket that must be owned by or open to it.
 func (d Dir) LookupUser(name string) (uid, gid int, err error) {
 	return lookupUser(filepath.Join(d.root, "/etc/passwd"), name)
+}
+
+// Root is the host path of the tree Dovecot sees as "/": its Debian root
+// when it runs chrooted, "" when it is the host's own.
+func (d Dir) Root() string { return d.root }
+
+// System is the host path of an absolute path of the system Dovecot runs on
+// (its /etc/pam.d, /usr/lib/dovecot/imap): below Root, or p itself.
+func (d Dir) System(p string) string { return filepath.Join(d.root, p) }
+
+// Command runs a program of the system Dovecot runs on (name is a path as
+// Dovecot sees it): chrooted into Root when there is one, so a program
+// copied into d can be checked to start there before Dovecot is asked to
+// run it.
+func (d Dir) Command(name string, arg ...string) *exec.Cmd {
+	return d.CommandContext(context.Background(), name, arg...)
+}
+
+// CommandContext is Command with a context, as exec.CommandContext.
+func (d Dir) CommandContext(ctx context.Context, name string, arg ...string) *exec.Cmd {
+	if d.root == "" {
+		return exec.CommandContext(ctx, name, arg...)
+	}
+	return exec.CommandContext(ctx, "chroot", append([]string{d.root, name}, arg...)...)
+}
+
+// CopyProgram copies the host program src to name below d (mode 0755, for
+// Dovecot to run: checkpassword, pam_exec) and runs it there once with args
+// (e.g. "version") through Command, so a program that cannot start on the
+// system Dovecot runs on (built against a newer C library than its root
+// has) is an error here, with the program's own complaint, instead of
+// failed logins later.
+func (d Dir) CopyProgram(src, name string, args ...string) (Path, error) {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return Path{}, err
+	}
+	p, err := d.WriteFile(name, data, 0o755)
+	if err != nil {
+		return Path{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), doveadmTimeout)
+	defer cancel()
+	if out, err := d.CommandContext(ctx, p.Dovecot, args...).CombinedOutput(); err != nil {
+		where := "this host"
+		if d.root != "" {
+			where = d.root
+		}
+		return Path{}, fmt.Errorf("dovecottest: %s does not run on %s: %s %s: %v\n%s", src, where, p.Dovecot, strings.Join(args, " "), err, out)
+	}
+	return p, nil
 }
 
 // Remove deletes d and everything in it.
 func (d Dir) Remove() error { return os.RemoveAll(d.Host) }
 
-// NewDir makes a new directory that Dovecot v can reach: under /tmp for
-// Version23, under the Debian 13 root's /tmp for Version24 (building the
+// NewDir makes a new directory that Dovecot v can reach: under /tmp for the
+// host's Dovecot, under its root's /tmp for a chrooted one (building the
 // root if needed). Paths are short, for Unix sockets. The caller removes it.
 func NewDir(v Version) (Dir, error) {
 	inst, err := locate(v)

@@ -522,6 +522,50 @@ func (s *Server) Admin() (*ldap.Conn, error) {
 	return c, nil
 }
 
+// Version is the server's version from the root DSE's vendorVersion
+// ("389-Directory/3.1.2 B2025.123.0000" → "3.1.2"): Debian 12 ships 2.3,
+// Debian 13 ships 3.1, and some behaviour differs (FINDINGS.md).
+func (s *Server) Version() (string, error) {
+	c, err := s.Admin()
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	res, err := c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 10, false,
+		"(objectClass=*)", []string{"vendorVersion"}, nil))
+	if err != nil {
+		return "", err
+	}
+	if len(res.Entries) != 1 {
+		return "", fmt.Errorf("ds389test: root DSE: %d entries", len(res.Entries))
+	}
+	return parseVendorVersion(res.Entries[0].GetAttributeValue("vendorVersion"))
+}
+
+// parseVendorVersion reads "389-Directory/2.3.1 B2023.045.0000".
+func parseVendorVersion(v string) (string, error) {
+	_, rest, _ := strings.Cut(v, "/")
+	ver, _, _ := strings.Cut(rest, " ")
+	if ver != "" && ver[0] >= '0' && ver[0] <= '9' {
+		return ver, nil
+	}
+	return "", fmt.Errorf("ds389test: unrecognised vendorVersion %q", v)
+}
+
+// MajorVersion is the first number of Version.
+func (s *Server) MajorVersion() (int, error) {
+	v, err := s.Version()
+	if err != nil {
+		return 0, err
+	}
+	major, _, _ := strings.Cut(v, ".")
+	n, err := strconv.Atoi(major)
+	if err != nil {
+		return 0, fmt.Errorf("ds389test: version %q: %w", v, err)
+	}
+	return n, nil
+}
+
 // SetIdleTimeout changes nsslapd-idletimeout (seconds, 0 = never) on the
 // running server. 389-ds applies it to connections opened afterwards.
 func (s *Server) SetIdleTimeout(seconds int) error {

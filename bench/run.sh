@@ -13,7 +13,8 @@
 # BENCH_LONG_STEP (4 x 30s: the memory-growth run at c=32), BENCH_PAIRS
 # (3: throttling on/off cell pairs per concurrency), BENCH_RESULTS
 # (also copy the raw JSON lines there), BENCH_KEEP=1 (keep the temp dir),
-# BENCH_ONLY=dovecot (only the Dovecot rows and the daemons they ask),
+# BENCH_ONLY=dovecot (only the Dovecot rows and the daemons they ask) or
+# BENCH_ONLY=throttle (only the throttling on/off pairs),
 # BENCH_BASELINE=DIR (DIR/mailauthd and DIR/mailauthd.lua of another build:
 # its daemons and script measured as rows "dovecot-lua*@base", each cell
 # right after this build's, so old and new meet the same neighbours).
@@ -34,7 +35,7 @@ long_step=${BENCH_LONG_STEP:-30s}
 pairs=${BENCH_PAIRS:-3}
 only=${BENCH_ONLY:-}
 baseline=${BENCH_BASELINE:-}
-case $only in "" | dovecot) ;; *) echo "bench: BENCH_ONLY must be empty or dovecot" >&2; exit 2 ;; esac
+case $only in "" | dovecot | throttle) ;; *) echo "bench: BENCH_ONLY must be empty, dovecot or throttle" >&2; exit 2 ;; esac
 if [ -n "$baseline" ] && { [ ! -x "$baseline/mailauthd" ] || [ ! -f "$baseline/mailauthd.lua" ]; }; then
   echo "bench: BENCH_BASELINE=$baseline needs mailauthd and mailauthd.lua there" >&2; exit 2
 fi
@@ -177,7 +178,7 @@ cell() { # cell LABEL C [loadgen run flags...]
     log "cell $label c=$c failed"
 }
 
-if [ "$only" != dovecot ]; then
+if [ -z "$only" ]; then
   start_cyrus cyrus
   start_cyrus cyrus-cache -c
 fi
@@ -217,7 +218,7 @@ start_dovecot() { # start_dovecot NAME [loadgen dovecot flags...]
   wait_for "$work/$name.ready" "$!" "Dovecot ($name)" || { cat "$work/$name.log" >&2; return 1; }
   dovecots+=("$name")
 }
-if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/modules/auth/libauthdb_lua.so ] &&
+if [ "$only" != throttle ] && [ "$(id -u)" = 0 ] && [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/modules/auth/libauthdb_lua.so ] &&
   [ -e /usr/lib/dovecot/modules/auth/libauthdb_ldap.so ] && /usr/sbin/dovecot --version | grep -q '^2\.3\.'; then
   log "starting Dovecot 2.3 auth processes for the Dovecot rows"
   # The checkpassword program runs as dovecot: its own copy of the binary,
@@ -240,7 +241,7 @@ if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/modul
       start_dovecot "dovecot-${row%%:*}" -kind lua -socket "$work/$d/control"
     fi
   done
-else
+elif [ "$only" != throttle ]; then
   log "no Dovecot rows: they need root and Dovecot 2.3 with dovecot-ldap and dovecot-auth-lua (scripts/install-deps.sh)"
 fi
 # The daemon behind each Dovecot row ("" for none).
@@ -280,7 +281,7 @@ daemon() { # daemon NAME: loadgen flags naming its socket and processes
 
 log "measuring (each cell $warm warm-up + $dur)"
 for c in $concs; do
-  if [ "$only" != dovecot ]; then
+  if [ -z "$only" ]; then
     cell ldap-bind "$c" -mode bind -url "$url" -base "$base" -slapdpid "$slapd_pid" "${load[@]}"
     cell ldap-search+bind "$c" -mode searchbind -url "$url" -base "$base" -binddn "$service_dn" -bindpw "$service_pw" \
       -slapdpid "$slapd_pid" "${load[@]}"
@@ -289,6 +290,8 @@ for c in $concs; do
       # shellcheck disable=SC2046 # word splitting wanted: daemon prints flags
       cell "$d" "$c" $(daemon "$d") "${load[@]}"
     done
+  fi
+  if [ "$only" != dovecot ]; then
     # What throttling costs: the same daemon with it on and off, alternated
     # BENCH_PAIRS times, so that drift on a shared machine hits both sides.
     for _ in $(seq "$pairs"); do
@@ -297,6 +300,8 @@ for c in $concs; do
         cell "pair:$d" "$c" $(daemon "$d") "${load[@]}"
       done
     done
+  fi
+  if [ -z "$only" ]; then
     # nginx's auth_http into the same two daemons (cache off, on).
     for d in mailauthd mailauthd-cache; do
       # shellcheck disable=SC2046
@@ -309,11 +314,13 @@ for c in $concs; do
   done
 done
 
-if [ "$only" = dovecot ]; then
+if [ -n "$only" ]; then
   echo
-  echo "Dovecot rows -- $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "$only rows -- $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "peers: $(/usr/sbin/slapd -VV 2>&1 | grep -o 'slapd [0-9.]*' | head -1), Dovecot $(/usr/sbin/dovecot --version), $users users; cells $warm warm-up + $dur${baseline:+; baseline $baseline}"
+  peers="$(/usr/sbin/slapd -VV 2>&1 | grep -o 'slapd [0-9.]*' | head -1)"
+  if [ "$only" = dovecot ]; then peers="$peers, Dovecot $(/usr/sbin/dovecot --version)"; fi
+  echo "peers: $peers, $users users; cells $warm warm-up + $dur${baseline:+; baseline $baseline}"
   "$lg" table -in "$results"
   if [ -n "${BENCH_RESULTS:-}" ]; then cp "$results" "$BENCH_RESULTS"; fi
   exit 0

@@ -83,8 +83,9 @@ func printTable(w io.Writer, all []Result) {
 		}
 	}
 	defer printDovecotTable(w, dovecotRows)
-	if len(results)+len(security) == 0 && len(dovecotRows) > 0 {
-		return // BENCH_ONLY=dovecot
+	if len(results)+len(security) == 0 {
+		printThrottlePairs(w, pairs) // BENCH_ONLY=dovecot or throttle
+		return
 	}
 	rank := func(label string) int {
 		if i := slices.Index(rowOrder, label); i >= 0 {

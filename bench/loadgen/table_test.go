@@ -55,3 +55,18 @@ func TestThrottlePairs(t *testing.T) {
 		t.Errorf("output lacks %q:\n%s", want, out)
 	}
 }
+
+// TestThrottleOnly: BENCH_ONLY=throttle prints the pairs without the
+// saslauthd table.
+func TestThrottleOnly(t *testing.T) {
+	rows := []Result{
+		{Label: "pair:" + labelMine, Concurrency: 32, RPS: 950},
+		{Label: "pair:" + labelNoThrottle, Concurrency: 32, RPS: 1000},
+	}
+	var b strings.Builder
+	printTable(&b, rows)
+	out := b.String()
+	if strings.Contains(out, "| system ") || !strings.Contains(out, "c=32 req/s  0.95x (0.95-0.95)") {
+		t.Errorf("want the pairs alone:\n%s", out)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -28,22 +29,20 @@ func serving(t *testing.T, cfg *config.File) (*Daemon, *http.Client, string) {
 	cfg.Listen.Saslauthd = []config.Socket{{Path: filepath.Join(dir, "mux"), Mode: "0600"}}
 	cfg.Listen.Control = config.Socket{Path: filepath.Join(dir, "control"), Mode: "0600"}
 	cfg.Listen.HTTP = []config.HTTPSocket{{Path: filepath.Join(dir, "http"), Mode: "0600"}}
-	d := newDaemon(t, cfg)
-	ls, err := OpenListeners(cfg)
+	r, err := Start(cfg, Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := d.Serve(ls)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx)
+		r.Stop(ctx)
 	})
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "http"))
 		}}}
-	return d, hc, dir
+	return r.Daemon, hc, dir
 }
 
 func get(t *testing.T, hc *http.Client, path string) (int, string) {

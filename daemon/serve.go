@@ -38,6 +38,36 @@ func (ls Listeners) Close() {
 	}
 }
 
+// Running is a daemon serving its front doors: what "mailauthd serve"
+// runs between its start and a signal.
+type Running struct {
+	*Daemon
+	Servers *Servers
+}
+
+// Start builds the daemon from cfg (New), opens the listeners
+// (OpenListeners) and serves them.
+func Start(cfg *config.File, opts Options) (*Running, error) {
+	d, err := New(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	ls, err := OpenListeners(cfg)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return &Running{Daemon: d, Servers: d.Serve(ls)}, nil
+}
+
+// Stop shuts the front doors down, giving requests in flight until ctx
+// ends, then closes the daemon.
+func (r *Running) Stop(ctx context.Context) error {
+	err := r.Servers.Shutdown(ctx)
+	r.Daemon.Close()
+	return err
+}
+
 // OpenListeners takes the sockets systemd passed (FileDescriptorName=
 // saslauthd, control or http) when it passed any, otherwise creates those
 // cfg names.

@@ -97,9 +97,8 @@ type cpWorld struct {
 	// (newCPWorldIn); cfgPath otherwise.
 	cfgView string
 
-	mu      sync.Mutex
-	daemon  *daemon.Daemon
-	servers *daemon.Servers
+	mu     sync.Mutex
+	daemon *daemon.Running
 }
 
 const cpConfigTemplate = `listen:
@@ -183,16 +182,11 @@ func (w *cpWorld) startDaemon(t testing.TB) {
 	if w.daemon != nil {
 		return
 	}
-	d, err := daemon.New(w.cfg, daemon.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	d, err := daemon.Start(w.cfg, daemon.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := daemon.OpenListeners(w.cfg)
-	if err != nil {
-		d.Close()
-		t.Fatal(err)
-	}
-	w.daemon, w.servers = d, d.Serve(ls)
+	w.daemon = d
 }
 
 func (w *cpWorld) stopDaemon() {
@@ -203,9 +197,8 @@ func (w *cpWorld) stopDaemon() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	w.servers.Shutdown(ctx)
-	w.daemon.Close()
-	w.daemon, w.servers = nil, nil
+	w.daemon.Stop(ctx)
+	w.daemon = nil
 }
 
 // cpRun is one checkpassword run's observable result.

@@ -49,8 +49,7 @@ type pamWorld struct {
 	pamLogView string
 
 	mu        sync.Mutex
-	daemon    *daemon.Daemon
-	servers   *daemon.Servers
+	daemon    *daemon.Running
 	daemonLog lockedBuf
 	passwords []string // every password sent; none may reach a log
 }
@@ -195,16 +194,11 @@ func (w *pamWorld) startDaemon(t testing.TB) {
 	if w.daemon != nil {
 		return
 	}
-	d, err := daemon.New(w.cfg, daemon.Options{Logger: slog.New(slog.NewTextHandler(&w.daemonLog, nil))})
+	d, err := daemon.Start(w.cfg, daemon.Options{Logger: slog.New(slog.NewTextHandler(&w.daemonLog, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := daemon.OpenListeners(w.cfg)
-	if err != nil {
-		d.Close()
-		t.Fatal(err)
-	}
-	w.daemon, w.servers = d, d.Serve(ls)
+	w.daemon = d
 }
 
 func (w *pamWorld) stopDaemon() {
@@ -215,9 +209,8 @@ func (w *pamWorld) stopDaemon() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	w.servers.Shutdown(ctx)
-	w.daemon.Close()
-	w.daemon, w.servers = nil, nil
+	w.daemon.Stop(ctx)
+	w.daemon = nil
 }
 
 func (w *pamWorld) sent(pw string) {

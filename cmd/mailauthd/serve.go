@@ -73,23 +73,21 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("setting not honoured", "detail", w)
 	}
-	d, err := daemon.New(cfg, daemon.Options{Logger: log, OneShot: *checkOnly, Check: *checkOnly})
-	if err != nil {
-		fmt.Fprintf(stderr, "mailauthd: configuration: %v\n", err)
-		return 1
-	}
 	if *checkOnly {
+		d, err := daemon.New(cfg, daemon.Options{Logger: log, OneShot: true, Check: true})
+		if err != nil {
+			fmt.Fprintf(stderr, "mailauthd: configuration: %v\n", err)
+			return 1
+		}
 		d.Close()
 		fmt.Fprintln(stderr, "mailauthd: configuration ok")
 		return 0
 	}
-	defer d.Close()
-	listeners, err := daemon.OpenListeners(cfg)
+	d, err := daemon.Start(cfg, daemon.Options{Logger: log})
 	if err != nil {
 		fmt.Fprintf(stderr, "mailauthd: %v\n", err)
 		return 1
 	}
-	srv := d.Serve(listeners)
 
 	sig := make(chan os.Signal, 4)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
@@ -106,7 +104,7 @@ loop:
 			switch s {
 			case syscall.SIGHUP:
 				sddaemon.SdNotify(false, sddaemon.SdNotifyReloading)
-				reload(d, &cf, level, log)
+				reload(d.Daemon, &cf, level, log)
 				sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
 			case syscall.SIGUSR1:
 				if !d.Flush() {
@@ -116,7 +114,7 @@ loop:
 				log.Info("shutting down", "signal", s.String())
 				break loop
 			}
-		case err := <-srv.Err():
+		case err := <-d.Servers.Err():
 			log.Error("listener failed", "err", err)
 			code = 1
 			break loop
@@ -127,7 +125,7 @@ loop:
 	cur := d.Config().Server
 	ctx, cancel := context.WithTimeout(context.Background(), cur.RequestTimeout+cur.IOTimeout)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
+	if err := d.Stop(ctx); err != nil {
 		log.Warn("shutdown did not drain", "err", err)
 	}
 	log.Info("mailauthd stopped")

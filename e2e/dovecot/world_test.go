@@ -194,9 +194,8 @@ type world struct {
 	slapd   *slapdtest.Server
 	log     *lockedBuffer
 
-	mu      sync.Mutex
-	daemon  *daemon.Daemon
-	servers *daemon.Servers
+	mu     sync.Mutex
+	daemon *daemon.Running
 }
 
 func newWorld(t *testing.T, v dovecottest.Version) *world {
@@ -255,16 +254,11 @@ func (w *world) startDaemon(t testing.TB) {
 		return
 	}
 	log := slog.New(slog.NewTextHandler(w.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := daemon.New(w.cfg, daemon.Options{Logger: log})
+	d, err := daemon.Start(w.cfg, daemon.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := daemon.OpenListeners(w.cfg)
-	if err != nil {
-		d.Close()
-		t.Fatal(err)
-	}
-	w.daemon, w.servers = d, d.Serve(ls)
+	w.daemon = d
 }
 
 // reloadDaemon re-reads the configuration file, as SIGHUP does.
@@ -286,9 +280,8 @@ func (w *world) stopDaemon() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	w.servers.Shutdown(ctx)
-	w.daemon.Close()
-	w.daemon, w.servers = nil, nil
+	w.daemon.Stop(ctx)
+	w.daemon = nil
 }
 
 // startLua runs Dovecot v with the documented Lua blocks, pointed at this

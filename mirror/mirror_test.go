@@ -46,17 +46,35 @@ func TestRefreshFilter(t *testing.T) {
 	}
 }
 
-// fakeDir is an in-memory Searcher for the folding and staleness rules.
+// fakeDir is an in-memory Searcher for the folding and staleness rules. It
+// pages as a server does (RFC 2696): the cookie is the next entry's index.
 type fakeDir struct {
 	entries []*ldap.Entry
 	err     error
+	pages   int // searches answered
 }
 
-func (f *fakeDir) SearchWithPaging(*ldap.SearchRequest, uint32) (*ldap.SearchResult, error) {
+func (f *fakeDir) Search(req *ldap.SearchRequest) (*ldap.SearchResult, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
-	return &ldap.SearchResult{Entries: f.entries}, nil
+	f.pages++
+	pc, _ := ldap.FindControl(req.Controls, ldap.ControlTypePaging).(*ldap.ControlPaging)
+	if pc == nil {
+		return &ldap.SearchResult{Entries: f.entries}, nil
+	}
+	from := 0
+	if len(pc.Cookie) > 0 {
+		from, _ = strconv.Atoi(string(pc.Cookie))
+	}
+	to := min(len(f.entries), from+int(pc.PagingSize))
+	res := &ldap.SearchResult{Entries: f.entries[from:to]}
+	next := &ldap.ControlPaging{}
+	if to < len(f.entries) {
+		next.SetCookie([]byte(strconv.Itoa(to)))
+	}
+	res.Controls = append(res.Controls, next)
+	return res, nil
 }
 
 func entry(dn string, uids ...string) *ldap.Entry {

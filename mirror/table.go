@@ -272,12 +272,20 @@ func (t *table) dnEquals(rec, dn string) bool {
 	return len(dn) == len(rdn)+1+len(parent) && dn[:len(rdn)] == rdn && dn[len(rdn)] == ',' && dn[len(rdn)+1:] == parent
 }
 
-// entryBuf is a materialised entry in one allocation for the usual shape.
+// smallEntry and entryBuf are a materialised entry in one allocation, for
+// the usual shapes (uid and host; a few more attributes).
+type smallEntry struct {
+	e     ldap.Entry
+	ptrs  [2]*ldap.EntryAttribute
+	attrs [2]ldap.EntryAttribute
+	vals  [3]string
+}
+
 type entryBuf struct {
 	e     ldap.Entry
-	ptrs  [4]*ldap.EntryAttribute
-	attrs [4]ldap.EntryAttribute
-	vals  [8]string
+	ptrs  [6]*ldap.EntryAttribute
+	attrs [6]ldap.EntryAttribute
+	vals  [10]string
 }
 
 func (t *table) materialize(rec string) *ldap.Entry {
@@ -294,13 +302,21 @@ func (t *table) materialize(rec string) *ldap.Entry {
 			nv += k
 		}
 	}
-	eb := &entryBuf{}
-	ptrs, attrs, vals := eb.ptrs[:0], eb.attrs[:0], eb.vals[:0]
-	if n > len(eb.attrs) {
-		ptrs, attrs = make([]*ldap.EntryAttribute, 0, n), make([]ldap.EntryAttribute, 0, n)
-	}
-	if nv > len(eb.vals) {
-		vals = make([]string, 0, nv)
+	var (
+		e     *ldap.Entry
+		ptrs  []*ldap.EntryAttribute
+		attrs []ldap.EntryAttribute
+		vals  []string
+	)
+	switch {
+	case n <= 2 && nv <= 3:
+		b := &smallEntry{}
+		e, ptrs, attrs, vals = &b.e, b.ptrs[:0], b.attrs[:0], b.vals[:0]
+	case n <= 6 && nv <= 10:
+		b := &entryBuf{}
+		e, ptrs, attrs, vals = &b.e, b.ptrs[:0], b.attrs[:0], b.vals[:0]
+	default:
+		e, ptrs, attrs, vals = &ldap.Entry{}, make([]*ldap.EntryAttribute, 0, n), make([]ldap.EntryAttribute, 0, n), make([]string, 0, nv)
 	}
 	for range n {
 		name, vin, k := t.attr(&r)
@@ -311,12 +327,12 @@ func (t *table) materialize(rec string) *ldap.Entry {
 		attrs = append(attrs, ldap.EntryAttribute{Name: name, Values: vals[start:len(vals):len(vals)]})
 		ptrs = append(ptrs, &attrs[len(attrs)-1])
 	}
-	eb.e.DN = rdn
+	e.DN = rdn
 	if parent != "" {
-		eb.e.DN = rdn + "," + parent
+		e.DN = rdn + "," + parent
 	}
-	eb.e.Attributes = ptrs
-	return &eb.e
+	e.Attributes = ptrs
+	return e
 }
 
 // ---- folding ----

@@ -15,7 +15,7 @@
 #
 # Knobs (environment): BENCH_SCALE_USERS, BENCH_CONCURRENCY ("8 32"),
 # BENCH_DURATION per cell (4s), BENCH_WARMUP (1s), BENCH_MIRROR_REFRESH
-# (60s: the refresh measured is the first periodic one, so the run waits
+# (120s: the refresh measured is the first periodic one, so the run waits
 # that long per size), BENCH_RESULTS (copy the raw JSON lines there),
 # BENCH_KEEP=1 (keep the temp dir).
 #
@@ -32,7 +32,7 @@ sizes=${BENCH_SCALE_USERS:-"10000 100000 1000000"}
 concs=${BENCH_CONCURRENCY:-"8 32"}
 dur=${BENCH_DURATION:-4s}
 warm=${BENCH_WARMUP:-1s}
-refresh=${BENCH_MIRROR_REFRESH:-60s}
+refresh=${BENCH_MIRROR_REFRESH:-120s}
 
 [ -x /usr/sbin/slapd ] || { echo "bench: /usr/sbin/slapd missing; run scripts/install-deps.sh (make deps)" >&2; exit 1; }
 

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -85,19 +86,34 @@ func (m *metricsClient) mirror() (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// poll calls cond with the mirror gauges every 20 ms until it holds.
-func (m *metricsClient) poll(timeout time.Duration, what string, cond func(g map[string]float64) bool) (map[string]float64, error) {
-	deadline := time.Now().Add(timeout)
-	for {
+// poll calls cond with the mirror gauges until it holds: every 20 ms at
+// first, then every twentieth of the time waited so far (at most every
+// 500 ms), so that reading /metrics costs the daemon little CPU beside what
+// is being measured. It returns the gauges and how many reads it made.
+func (m *metricsClient) poll(timeout time.Duration, what string, cond func(g map[string]float64) bool) (map[string]float64, int, error) {
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for n := 1; ; n++ {
 		g, err := m.mirror()
 		if err == nil && cond(g) {
-			return g, nil
+			return g, n, nil
 		}
 		if time.Now().After(deadline) {
-			return g, fmt.Errorf("%s: not within %v (last gauges %v, err %v)", what, timeout, g, err)
+			return g, n, fmt.Errorf("%s: not within %v (last gauges %v, err %v)", what, timeout, g, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(min(500*time.Millisecond, max(20*time.Millisecond, time.Since(start)/20)))
 	}
+}
+
+// scrapeCost is the daemon's CPU (seconds) for one read of /metrics,
+// measured over 50 reads, so that it can be taken out of a measurement.
+func (m *metricsClient) scrapeCost(pid int) float64 {
+	const n = 50
+	t0 := cpuTicks([]int{pid})
+	for range n {
+		m.mirror()
+	}
+	return ticksToSeconds(cpuTicks([]int{pid})-t0) / n
 }
 
 func ticksToSeconds(t int64) float64 { return float64(t) / clockTicks }
@@ -144,16 +160,19 @@ func runMirror(args []string) error {
 		if *since == 0 {
 			start = time.Now()
 		}
-		g, err := mc.poll(*timeout, "first load", func(g map[string]float64) bool {
+		g, scrapes, err := mc.poll(*timeout, "first load", func(g map[string]float64) bool {
 			return g["loaded"] == 1 && g["logins"] > 0 && (*phase == "load" || g["syncing"] == 1)
 		})
 		if err != nil {
 			return err
 		}
 		r.Seconds = time.Since(start).Seconds()
-		r.DaemonCPU = ticksToSeconds(cpuTicks([]int{*pid})) // all of it since the start
+		cost := mc.scrapeCost(*pid) // after the load: not to slow it down
+		// All of the daemon's CPU since its start, less the reads of /metrics.
+		r.DaemonCPU = max(0, ticksToSeconds(cpuTicks([]int{*pid}))-float64(scrapes+50)*cost)
 		r.Logins = int64(g["logins"])
 	case "refresh":
+		cost := mc.scrapeCost(*pid)
 		// VmHWM from now on: writing 5 to clear_refs resets it (Linux 4.0).
 		if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", *pid), []byte("5"), 0); err != nil {
 			return fmt.Errorf("mirror: reset VmHWM: %w", err)
@@ -164,8 +183,26 @@ func runMirror(args []string) error {
 		if err != nil {
 			return err
 		}
+		// Sample the daemon's CPU every 10 ms (from /proc, which costs it
+		// nothing) to know when the pass ended: its last busy tick.
+		var lastBusy atomic.Int64
+		stop := make(chan struct{})
+		go func() {
+			prev := cpuTicks([]int{*pid})
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+				if t := cpuTicks([]int{*pid}); t != prev {
+					prev = t
+					lastBusy.Store(time.Now().UnixNano())
+				}
+			}
+		}()
 		last := g["age_seconds"]
-		g, err = mc.poll(*timeout, "refresh", func(g map[string]float64) bool {
+		g, scrapes, err := mc.poll(*timeout, "refresh", func(g map[string]float64) bool {
 			age := g["age_seconds"]
 			if age < last-0.5 {
 				return true
@@ -173,13 +210,16 @@ func runMirror(args []string) error {
 			last = age
 			return false
 		})
+		close(stop)
 		if err != nil {
 			return err
 		}
-		// The age right after the pass completes is the pass's duration
-		// (the mirror dates a pass from its start), within one poll.
-		r.Seconds = g["age_seconds"]
-		r.DaemonCPU = ticksToSeconds(cpuTicks([]int{*pid}) - d0)
+		// The mirror dates a pass from its start: the age when it is seen
+		// completed, less the time since the daemon was last busy, is the
+		// pass's duration.
+		idleSince := time.Since(time.Unix(0, lastBusy.Load()))
+		r.Seconds = max(0, g["age_seconds"]-idleSince.Seconds())
+		r.DaemonCPU = max(0, ticksToSeconds(cpuTicks([]int{*pid})-d0)-float64(scrapes+1)*cost)
 		r.Logins = int64(g["logins"])
 	default:
 		return fmt.Errorf("mirror: unknown -phase %q", *phase)
@@ -265,7 +305,7 @@ func runSyncMods(args []string) error {
 	if firstErr != nil {
 		return fmt.Errorf("syncmods: modify: %w", firstErr)
 	}
-	g, err = mc.poll(*timeout, "modifies reaching the mirror", func(g map[string]float64) bool { return g["logins"] >= want })
+	g, _, err = mc.poll(*timeout, "modifies reaching the mirror", func(g map[string]float64) bool { return g["logins"] >= want })
 	if err != nil {
 		return err
 	}

@@ -83,7 +83,7 @@ type wireConn struct {
 // connection under it (nc itself without TLS). The idle check must look at
 // raw: a *tls.Conn cannot be peeked at without reading a record.
 func newWireConn(nc, raw net.Conn) *wireConn {
-	return &wireConn{nc: nc, raw: raw, rd: responseReader(nc)}
+	return &wireConn{nc: nc, raw: raw, rd: nc}
 }
 
 func (b *wireConn) dead() bool { return b.failed }

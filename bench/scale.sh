@@ -147,7 +147,7 @@ for n in $sizes; do
   "$lg" mirror -phase load -since "$started" -metrics "$d/mirror/http" -pid "$mirror_pid" -slapdpid "$slapd_pid" \
     -label mirror -users "$n" -out "$results" >/dev/null
   log "$n users: mirror, one periodic refresh (waits for it, up to $refresh)"
-  "$lg" mirror -phase refresh -metrics "$d/mirror/http" -pid "$mirror_pid" -slapdpid "$slapd_pid" \
+  "$lg" mirror -phase refresh -interval "$refresh" -metrics "$d/mirror/http" -pid "$mirror_pid" -slapdpid "$slapd_pid" \
     -label mirror -users "$n" -out "$results" >/dev/null
   start_mailauthd "$d/cache" 60s
   cache_pid=$mpid

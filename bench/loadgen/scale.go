@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -88,9 +87,9 @@ func (m *metricsClient) mirror() (map[string]float64, error) {
 
 // poll calls cond with the mirror gauges until it holds: every 20 ms at
 // first, then every twentieth of the time waited so far (at most every
-// 500 ms), so that reading /metrics costs the daemon little CPU beside what
-// is being measured. It returns the gauges and how many reads it made.
-func (m *metricsClient) poll(timeout time.Duration, what string, cond func(g map[string]float64) bool) (map[string]float64, int, error) {
+// maxEvery), so that reading /metrics costs the daemon little CPU beside
+// what is being measured. It returns the gauges and how many reads it made.
+func (m *metricsClient) poll(timeout, maxEvery time.Duration, what string, cond func(g map[string]float64) bool) (map[string]float64, int, error) {
 	start := time.Now()
 	deadline := start.Add(timeout)
 	for n := 1; ; n++ {
@@ -101,7 +100,7 @@ func (m *metricsClient) poll(timeout time.Duration, what string, cond func(g map
 		if time.Now().After(deadline) {
 			return g, n, fmt.Errorf("%s: not within %v (last gauges %v, err %v)", what, timeout, g, err)
 		}
-		time.Sleep(min(500*time.Millisecond, max(20*time.Millisecond, time.Since(start)/20)))
+		time.Sleep(min(maxEvery, max(20*time.Millisecond, time.Since(start)/20)))
 	}
 }
 
@@ -146,6 +145,7 @@ func runMirror(args []string) error {
 	label := fs.String("label", "", "row label")
 	users := fs.Int("users", 0, "users in the directory")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after")
+	interval := fs.Duration("interval", 0, "refresh: the daemon's ldap.mirror_refresh")
 	out := fs.String("out", "", "append the result as a JSON line to this file")
 	fs.Parse(args)
 	if *socket == "" || *pid == 0 {
@@ -160,7 +160,7 @@ func runMirror(args []string) error {
 		if *since == 0 {
 			start = time.Now()
 		}
-		g, scrapes, err := mc.poll(*timeout, "first load", func(g map[string]float64) bool {
+		g, scrapes, err := mc.poll(*timeout, 500*time.Millisecond, "first load", func(g map[string]float64) bool {
 			return g["loaded"] == 1 && g["logins"] > 0 && (*phase == "load" || g["syncing"] == 1)
 		})
 		if err != nil {
@@ -183,26 +183,14 @@ func runMirror(args []string) error {
 		if err != nil {
 			return err
 		}
-		// Sample the daemon's CPU every 10 ms (from /proc, which costs it
-		// nothing) to know when the pass ended: its last busy tick.
-		var lastBusy atomic.Int64
-		stop := make(chan struct{})
-		go func() {
-			prev := cpuTicks([]int{*pid})
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(10 * time.Millisecond):
-				}
-				if t := cpuTicks([]int{*pid}); t != prev {
-					prev = t
-					lastBusy.Store(time.Now().UnixNano())
-				}
-			}
-		}()
+		// The next pass starts an interval after the last one ended, so
+		// at an age of at least the interval: sleep until shortly before,
+		// then poll (often at first, so a short pass is timed closely).
+		if wait := *interval - time.Duration(g["age_seconds"]*float64(time.Second)) - 2*time.Second; wait > 0 {
+			time.Sleep(wait)
+		}
 		last := g["age_seconds"]
-		g, scrapes, err := mc.poll(*timeout, "refresh", func(g map[string]float64) bool {
+		g, scrapes, err := mc.poll(*timeout, 50*time.Millisecond, "refresh", func(g map[string]float64) bool {
 			age := g["age_seconds"]
 			if age < last-0.5 {
 				return true
@@ -210,15 +198,13 @@ func runMirror(args []string) error {
 			last = age
 			return false
 		})
-		close(stop)
 		if err != nil {
 			return err
 		}
-		// The mirror dates a pass from its start: the age when it is seen
-		// completed, less the time since the daemon was last busy, is the
-		// pass's duration.
-		idleSince := time.Since(time.Unix(0, lastBusy.Load()))
-		r.Seconds = max(0, g["age_seconds"]-idleSince.Seconds())
+		// The mirror dates a pass from its start: its age when first seen
+		// complete is the pass's duration (plus at most one poll interval,
+		// 20 to 50 ms).
+		r.Seconds = g["age_seconds"]
 		r.DaemonCPU = max(0, ticksToSeconds(cpuTicks([]int{*pid})-d0)-float64(scrapes+1)*cost)
 		r.Logins = int64(g["logins"])
 	default:
@@ -305,7 +291,7 @@ func runSyncMods(args []string) error {
 	if firstErr != nil {
 		return fmt.Errorf("syncmods: modify: %w", firstErr)
 	}
-	g, _, err = mc.poll(*timeout, "modifies reaching the mirror", func(g map[string]float64) bool { return g["logins"] >= want })
+	g, _, err = mc.poll(*timeout, 50*time.Millisecond, "modifies reaching the mirror", func(g map[string]float64) bool { return g["logins"] >= want })
 	if err != nil {
 		return err
 	}

@@ -54,7 +54,7 @@ func TestMetricsClient(t *testing.T) {
 		fmt.Fprint(w, "# HELP x\nmailauthd_cache_entries 3\nmailauthd_mirror_loaded 1\nmailauthd_mirror_logins 1.000014e+06\nmailauthd_mirror_age_seconds 2.5\n")
 	}))
 	mc := newMetricsClient(path)
-	g, n, err := mc.poll(time.Second, "loaded", func(g map[string]float64) bool { return g["loaded"] == 1 })
+	g, n, err := mc.poll(time.Second, 50*time.Millisecond, "loaded", func(g map[string]float64) bool { return g["loaded"] == 1 })
 	if err != nil || n != 1 || g["logins"] != 1000014 || g["age_seconds"] != 2.5 || len(g) != 3 {
 		t.Fatalf("%v %d %v", g, n, err)
 	}

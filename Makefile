@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/mailauthd
 MANPAGES := bin/man/mailauthd.8 bin/man/mailauthd.yaml.5
 
-.PHONY: all build man deps demo test unit bench fuzz vet fmt install deb clean
+.PHONY: all build man deps demo test unit bench bench-scale fuzz vet fmt install deb clean
 
 all: build
 
@@ -40,6 +40,11 @@ unit:
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	bash bench/run.sh $(BIN)
+
+# Opt-in: cost curves at 10k, 100k and 1M users (BENCH_SCALE_USERS), about
+# 20 minutes and ~2 GB of temp disk at 1M (docs/benchmarks.md).
+bench-scale: deps build
+	bash bench/scale.sh $(BIN)
 
 vet:
 	$(GO) vet ./...

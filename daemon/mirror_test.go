@@ -173,29 +173,44 @@ func TestMirrorSync(t *testing.T) {
 }
 
 // TestMirrorAgreesWithSearch: the same case table decided through the
-// mirror and through search+bind gives identical verdicts.
+// mirror and through search+bind gives identical verdicts (outcome, cause,
+// reason, DN and attributes), with the mirror loaded by periodic paged
+// search and by content synchronisation.
 func TestMirrorAgreesWithSearch(t *testing.T) {
-	s := slapdtest.Start(t)
-	cfg := slapdConfig(s.URL())
-	cfg.LDAP.Directory.BindDN, cfg.LDAP.Directory.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
-	cfg.LDAP.Search.Attributes = []string{"mailHost", "uidNumber"}
-	plain := newDaemon(t, cfg)
-	mcfg := *cfg
-	mcfg.LDAP.Search.MirrorRefresh = time.Hour
-	mirrored := newDaemon(t, &mcfg)
-	waitMirror(t, mirrored, false)
-	ctx := context.Background()
-	for _, c := range []struct{ user, pw string }{
-		{"alice", "alicepw"}, {"alice", "wrong"}, {"star", "starpw"}, {"negated", "negatedpw"},
-		{"nohost", "nohostpw"}, {"otherhost", "otherhostpw"}, {"upper", "upperpw"}, {"twin", "twinpw"},
-		{"a*b", "metapw"}, {"a*", "metapw"}, {"ALICE", "alicepw"}, {"nobody", "x"}, {"alice", ""},
-		{"dave", "davepw"}, {"locked", "lockedpw"},
-	} {
-		req := auth.Request{User: c.user, Password: c.pw, Service: "imap"}
-		p, m := plain.Authenticate(ctx, req), mirrored.Authenticate(ctx, req)
-		if p.Outcome != m.Outcome || p.Cause != m.Cause || p.Reason != m.Reason || p.DN != m.DN ||
-			fmt.Sprint(p.Attributes) != fmt.Sprint(m.Attributes) {
-			t.Errorf("%s/%s: search+bind %+v, mirror %+v", c.user, c.pw, p, m)
-		}
+	for _, sync := range []bool{false, true} {
+		t.Run(map[bool]string{false: "paged", true: "sync"}[sync], func(t *testing.T) {
+			var opts []slapdtest.Option
+			if sync {
+				opts = append(opts, slapdtest.WithSyncProv())
+			}
+			s := slapdtest.Start(t, opts...)
+			cfg := slapdConfig(s.URL())
+			cfg.LDAP.Directory.BindDN, cfg.LDAP.Directory.BindPassword = slapdtest.ServiceDN, slapdtest.ServicePassword
+			cfg.LDAP.Search.Attributes = []string{"mailHost", "uidNumber"}
+			plain := newDaemon(t, cfg)
+			mcfg := *cfg
+			mcfg.LDAP.Search.MirrorRefresh = time.Hour
+			mirrored := newDaemon(t, &mcfg)
+			waitMirror(t, mirrored, sync)
+			ctx := context.Background()
+			for _, c := range []struct{ user, pw string }{
+				{"alice", "alicepw"}, {"alice", "wrong"}, {"star", "starpw"}, {"negated", "negatedpw"},
+				{"nohost", "nohostpw"}, {"otherhost", "otherhostpw"}, {"upper", "upperpw"}, {"twin", "twinpw"},
+				{"a*b", "metapw"}, {"a*", "metapw"}, {"ALICE", "alicepw"}, {"nobody", "x"}, {"alice", ""},
+				{"dave", "davepw"}, {"locked", "lockedpw"}, {"smtponly", "smtponlypw"},
+			} {
+				req := auth.Request{User: c.user, Password: c.pw, Service: "imap"}
+				p, m := plain.Authenticate(ctx, req), mirrored.Authenticate(ctx, req)
+				if p.Outcome != m.Outcome || p.Cause != m.Cause || p.Reason != m.Reason || p.DN != m.DN ||
+					p.User != m.User || fmt.Sprint(p.Attributes) != fmt.Sprint(m.Attributes) {
+					t.Errorf("%s/%s: search+bind %+v, mirror %+v", c.user, c.pw, p, m)
+				}
+			}
+			var explained strings.Builder
+			mirrored.Explain(ctx, auth.Request{User: "alice", Password: "alicepw", Service: "imap"}, &explained)
+			if !strings.Contains(explained.String(), "local mirror") {
+				t.Errorf("alice was not answered from the mirror:\n%s", explained.String())
+			}
+		})
 	}
 }

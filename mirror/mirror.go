@@ -51,13 +51,15 @@ import (
 const (
 	DefaultRefresh    = time.Minute
 	DefaultPageSize   = 500
-	DefaultMaxEntries = 1_000_000
+	DefaultMaxEntries = 4_000_000
 )
 
 // Searcher is the part of an LDAP connection a refresh needs; *ldap.Conn
-// implements it.
+// implements it. The mirror pages through the directory itself (RFC 2696)
+// and indexes each page before asking for the next, so only one page of
+// decoded entries is ever held.
 type Searcher interface {
-	SearchWithPaging(req *ldap.SearchRequest, pageSize uint32) (*ldap.SearchResult, error)
+	Search(req *ldap.SearchRequest) (*ldap.SearchResult, error)
 }
 
 // Dialer gives the mirror a connection bound as the service account (the
@@ -88,7 +90,8 @@ type Config struct {
 	MaxEntries int    // refuse to mirror a larger directory (default DefaultMaxEntries)
 }
 
-// Mirror is safe for concurrent use. Lookups never block on a refresh.
+// Mirror is safe for concurrent use. Lookups never block on a refresh
+// for longer than one entry's update.
 type Mirror struct {
 	cfg     Config
 	keyAttr string // attribute the login is matched against
@@ -100,6 +103,11 @@ type Mirror struct {
 
 	snap    atomic.Pointer[snapshot]
 	storeMu sync.Mutex // orders snapshot stores: a paged one never replaces a live one
+	// paged is the table periodic refreshes update in place (under
+	// refreshMu; set and dropped under storeMu too): kept between passes,
+	// also a failed one's, so that the next pass continues it.
+	paged     *table
+	refreshMu sync.Mutex
 
 	stopOnce sync.Once
 	started  atomic.Bool
@@ -108,18 +116,20 @@ type Mirror struct {
 	done     chan struct{}
 }
 
+// snapshot is what Lookup answers from: a table, and when it answers.
 type snapshot struct {
-	at time.Time
-	// byValue maps an exact attribute value to its entry; only values
-	// whose folded form belongs to exactly one entry are here.
-	byValue map[string]*ldap.Entry
-	entries int
-	// off is set when the directory holds a value the mirror cannot fold
-	// safely (non-ASCII): every lookup is a miss.
-	off string
-	// live, when set, replaces byValue and off: the index a sync session
-	// keeps current; at is when its refresh phase ended.
-	live *liveIndex
+	// at is when the last complete refresh pass started (paged), or when
+	// a sync session's refresh phase ended.
+	at  time.Time
+	tab *table
+	// live, when set: the table is kept current by this sync session.
+	live *session
+}
+
+// session is a sync session's health, read by Lookup without a lock.
+type session struct {
+	dead  atomic.Bool  // the session ended: answer nothing
+	alive atomic.Int64 // unix nanos of the last proof the session was current
 }
 
 // ErrUnsupported means the configuration cannot be mirrored safely; the
@@ -292,116 +302,72 @@ func (m *Mirror) Refresh(ctx context.Context) error {
 	return m.refreshOn(ctx, s)
 }
 
+// refreshOn is one paged pass over the directory. It updates the paged
+// table in place, entry by entry (an unchanged entry costs a comparison,
+// no allocation), and when the pass is complete removes the entries it did
+// not see; so a refresh never holds a second copy of the mirror, nor more
+// than one page of decoded entries. Until its first complete pass the
+// table answers nothing; afterwards each entry is as current as the pass
+// that last saw it, and the table as a whole no older than the last
+// complete pass (at), which MaxStale bounds.
 func (m *Mirror) refreshOn(ctx context.Context, s Searcher) error {
+	m.refreshMu.Lock()
+	defer m.refreshMu.Unlock()
 	started := m.now()
 	timeLimit := 0
 	if dl, ok := ctx.Deadline(); ok {
 		timeLimit = max(1, int(time.Until(dl).Seconds()))
 	}
+	m.storeMu.Lock()
+	tab := m.paged
+	if tab == nil {
+		tab = newTable(m.keyAttr, false, 0)
+		m.paged = tab
+	}
+	m.storeMu.Unlock()
+	tab.beginPass()
+	paging := ldap.NewControlPaging(m.cfg.PageSize)
 	req := ldap.NewSearchRequest(m.cfg.Base, m.cfg.Scope, ldap.NeverDerefAliases,
-		m.cfg.MaxEntries+1, timeLimit, false, m.filter, m.attrs, nil)
-	res, err := s.SearchWithPaging(req, m.cfg.PageSize)
-	if err != nil {
-		return fmt.Errorf("mirror: search: %w", err)
+		m.cfg.MaxEntries+1, timeLimit, false, m.filter, m.attrs, []ldap.Control{paging})
+	n := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("mirror: search: %w", err)
+		}
+		res, err := s.Search(req)
+		if err != nil {
+			return fmt.Errorf("mirror: search: %w", err)
+		}
+		for _, e := range res.Entries {
+			if n++; n > m.cfg.MaxEntries {
+				return fmt.Errorf("mirror: more than %d entries", m.cfg.MaxEntries)
+			}
+			_ = tab.put(e.DN, e) // no bound in paged mode: n is checked above
+		}
+		var cookie []byte
+		if c, ok := ldap.FindControl(res.Controls, ldap.ControlTypePaging).(*ldap.ControlPaging); ok {
+			cookie = c.Cookie
+		}
+		if len(cookie) == 0 {
+			break
+		}
+		paging.SetCookie(cookie)
 	}
-	if len(res.Entries) > m.cfg.MaxEntries {
-		return fmt.Errorf("mirror: more than %d entries", m.cfg.MaxEntries)
-	}
-	snap := build(res.Entries, m.keyAttr)
-	snap.at = started
+	removed := tab.sweep()
+	entries, logins, off := tab.counts()
 	m.storeMu.Lock()
 	if cur := m.snap.Load(); cur != nil && cur.live != nil && !cur.live.dead.Load() {
+		m.paged = nil // a sync session went live meanwhile: it is more current
 		m.storeMu.Unlock()
-		return nil // a sync session went live meanwhile: it is more current
+		return nil
 	}
-	m.snap.Store(snap)
+	m.snap.Store(&snapshot{at: started, tab: tab})
 	m.storeMu.Unlock()
-	if snap.off != "" {
-		m.log.Warn("mirror disabled for this snapshot; every login uses search+bind", "reason", snap.off)
+	if off != "" {
+		m.log.Warn("mirror disabled while this holds; every login uses search+bind", "reason", off)
 	}
-	m.log.Debug("mirror refreshed", "entries", snap.entries, "logins", len(snap.byValue), "took", m.now().Sub(started))
+	m.log.Debug("mirror refreshed", "entries", entries, "removed", removed, "logins", logins, "took", m.now().Sub(started))
 	return nil
-}
-
-func build(entries []*ldap.Entry, keyAttr string) *snapshot {
-	snap := &snapshot{byValue: make(map[string]*ldap.Entry, len(entries))}
-	// owners counts the distinct entries per folded value: two entries whose
-	// values fold alike are what the server's search could find together.
-	type owner struct {
-		entry *ldap.Entry
-		count int
-	}
-	owners := make(map[string]*owner, len(entries))
-	exact := make(map[string]*ldap.Entry, len(entries))
-	for _, le := range entries {
-		e := le
-		// go-ldap keeps every value twice (Values and ByteValues); the
-		// access rules read Values only, so halve the mirror's memory.
-		for _, a := range e.Attributes {
-			a.ByteValues = nil
-		}
-		seen := map[string]bool{}
-		for _, v := range keyValues(le, keyAttr) {
-			fk, ok := fold(v)
-			if !ok {
-				snap.off = fmt.Sprintf("entry %s has a non-ASCII %s value", le.DN, keyAttr)
-				return snap
-			}
-			exact[v] = e
-			if seen[fk] {
-				continue
-			}
-			seen[fk] = true
-			if o := owners[fk]; o != nil {
-				o.count++
-			} else {
-				owners[fk] = &owner{entry: e, count: 1}
-			}
-		}
-		snap.entries++
-	}
-	for v, e := range exact {
-		fk, _ := fold(v)
-		if o := owners[fk]; o.count == 1 && o.entry == e {
-			snap.byValue[v] = e
-		}
-	}
-	return snap
-}
-
-// keyValues are the values the server matches the login against: the key
-// attribute and its subtypes with options (cn;lang-en matches a (cn=...)
-// filter), which a search for the key attribute returns with it.
-func keyValues(e *ldap.Entry, keyAttr string) []string {
-	var vals []string
-	for _, a := range e.Attributes {
-		name, _, _ := strings.Cut(a.Name, ";")
-		if strings.EqualFold(name, keyAttr) {
-			vals = append(vals, a.Values...)
-		}
-	}
-	return vals
-}
-
-// fold maps a value to what LDAP's case-ignoring matching (RFC 4518) could
-// treat as equal: ASCII lower case, without spaces and control characters.
-// It refuses non-ASCII text, whose normalisation it cannot reproduce.
-func fold(v string) (string, bool) {
-	var b strings.Builder
-	b.Grow(len(v))
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		switch {
-		case c >= 0x80:
-			return "", false
-		case c <= ' ' || c == 0x7f:
-			continue
-		case c >= 'A' && c <= 'Z':
-			c += 'a' - 'A'
-		}
-		b.WriteByte(c)
-	}
-	return b.String(), true
 }
 
 // plainLogin is the set of logins the mirror answers for: printable ASCII
@@ -418,28 +384,25 @@ func plainLogin(s string) bool {
 	return true
 }
 
-// Lookup returns the entry the search for login would find, as that search
-// returned it at the last refresh; it is shared and must not be modified.
-// ok is false
-// when the mirror is not sure: unknown login, ambiguous, unusual
-// characters, never loaded, or older than MaxStale. The caller then does
-// the full search.
+// Lookup returns the entry the search for login would find, as the
+// directory held it when the mirror last saw it; it is the caller's (a new
+// one per call). ok is false when the mirror is not sure: unknown login,
+// ambiguous, unusual characters, never loaded, older than MaxStale, or a
+// sync session that ended or cannot prove it is current. The caller then
+// does the full search.
 func (m *Mirror) Lookup(login string) (e *ldap.Entry, ok bool) {
 	s := m.snap.Load()
-	if s == nil || s.off != "" || !plainLogin(login) {
+	if s == nil || !plainLogin(login) {
 		return nil, false
 	}
 	if x := s.live; x != nil {
 		if x.dead.Load() || m.now().Sub(time.Unix(0, x.alive.Load())) > m.syncStale() {
 			return nil, false
 		}
-		return x.lookup(login)
-	}
-	if m.now().Sub(s.at) > m.cfg.MaxStale {
+	} else if m.now().Sub(s.at) > m.cfg.MaxStale {
 		return nil, false
 	}
-	e, ok = s.byValue[login]
-	return e, ok
+	return s.tab.lookup(login)
 }
 
 // Status is what the mirror holds, for health reports and metrics.
@@ -447,6 +410,7 @@ type Status struct {
 	Loaded  bool          // a snapshot or a sync session's index is in place
 	Syncing bool          // a sync session keeps it current (RFC 4533)
 	Logins  int           // logins it answers for
+	Entries int           // entries it holds
 	Age     time.Duration // since the last refresh, or the last proof the sync session is current
 }
 
@@ -456,11 +420,13 @@ func (m *Mirror) Status() Status {
 	if s == nil {
 		return Status{}
 	}
+	entries, logins, _ := s.tab.counts()
+	st := Status{Loaded: true, Logins: logins, Entries: entries, Age: m.now().Sub(s.at)}
 	if x := s.live; x != nil {
-		return Status{Loaded: true, Syncing: !x.dead.Load(), Logins: x.logins(),
-			Age: m.now().Sub(time.Unix(0, x.alive.Load()))}
+		st.Syncing = !x.dead.Load()
+		st.Age = m.now().Sub(time.Unix(0, x.alive.Load()))
 	}
-	return Status{Loaded: true, Logins: len(s.byValue), Age: m.now().Sub(s.at)}
+	return st
 }
 
 // ConnDialer adapts a function that dials go-ldap connections (package

@@ -46,17 +46,36 @@ func TestRefreshFilter(t *testing.T) {
 	}
 }
 
-// fakeDir is an in-memory Searcher for the folding and staleness rules.
+// fakeDir is an in-memory Searcher for the folding and staleness rules. It
+// pages as a server does (RFC 2696): the cookie is the next entry's index.
 type fakeDir struct {
 	entries []*ldap.Entry
 	err     error
+	pages   int // searches answered
+	failAt  int // the search with this number (from 1) fails with err
 }
 
-func (f *fakeDir) SearchWithPaging(*ldap.SearchRequest, uint32) (*ldap.SearchResult, error) {
-	if f.err != nil {
+func (f *fakeDir) Search(req *ldap.SearchRequest) (*ldap.SearchResult, error) {
+	f.pages++
+	if f.err != nil && (f.failAt == 0 || f.pages == f.failAt) {
 		return nil, f.err
 	}
-	return &ldap.SearchResult{Entries: f.entries}, nil
+	pc, _ := ldap.FindControl(req.Controls, ldap.ControlTypePaging).(*ldap.ControlPaging)
+	if pc == nil {
+		return &ldap.SearchResult{Entries: f.entries}, nil
+	}
+	from := 0
+	if len(pc.Cookie) > 0 {
+		from, _ = strconv.Atoi(string(pc.Cookie))
+	}
+	to := min(len(f.entries), from+int(pc.PagingSize))
+	res := &ldap.SearchResult{Entries: f.entries[from:to]}
+	next := &ldap.ControlPaging{}
+	if to < len(f.entries) {
+		next.SetCookie([]byte(strconv.Itoa(to)))
+	}
+	res.Controls = append(res.Controls, next)
+	return res, nil
 }
 
 func entry(dn string, uids ...string) *ldap.Entry {
@@ -191,6 +210,60 @@ func TestTooManyEntriesKeepsOldSnapshot(t *testing.T) {
 	}
 	if _, ok := m.Lookup("alice"); !ok {
 		t.Fatal("old snapshot dropped")
+	}
+}
+
+// TestRefreshInPlace: a refresh updates the table entry by entry as it
+// pages. A first load cut short answers nothing; a later pass cut short
+// leaves what it updated and removes nothing (the snapshot ages as before);
+// the next complete pass removes the entries it did not see.
+func TestRefreshInPlace(t *testing.T) {
+	all := func(n int, host string) []*ldap.Entry {
+		var es []*ldap.Entry
+		for i := range n {
+			u := "u" + strconv.Itoa(i)
+			es = append(es, ldap.NewEntry("uid="+u+",dc=x", map[string][]string{"uid": {u}, "host": {host}}))
+		}
+		return es
+	}
+	d := &fakeDir{entries: all(10, "a"), err: errors.New("connection reset"), failAt: 2}
+	m := newFake(t, d, Config{PageSize: 4, Attributes: []string{"host"}})
+	if err := m.Refresh(context.Background()); err == nil {
+		t.Fatal("a failed page was not reported")
+	}
+	if _, ok := m.Lookup("u0"); ok || m.Status().Loaded {
+		t.Fatal("answered from a first load cut short")
+	}
+	d.err = nil
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	host := func(login string) string {
+		e, ok := m.Lookup(login)
+		if !ok {
+			return "(miss)"
+		}
+		return e.GetAttributeValue("host")
+	}
+	if host("u0") != "a" || host("u9") != "a" || m.Status().Entries != 10 {
+		t.Fatalf("after the first complete load: %q %q %+v", host("u0"), host("u9"), m.Status())
+	}
+	// The directory changes: every host is now b, u8 and u9 are gone. The
+	// pass fails on its second page.
+	d.entries = all(8, "b")
+	d.pages, d.failAt, d.err = 0, 2, errors.New("connection reset")
+	if err := m.Refresh(context.Background()); err == nil {
+		t.Fatal("a failed page was not reported")
+	}
+	if host("u0") != "b" || host("u7") != "a" || host("u9") != "a" {
+		t.Fatalf("after a pass cut short: u0 %q, u7 %q, u9 %q; want b, a, a", host("u0"), host("u7"), host("u9"))
+	}
+	d.pages, d.err = 0, nil
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if host("u7") != "b" || host("u9") != "(miss)" || m.Status().Entries != 8 || m.Status().Logins != 8 {
+		t.Fatalf("after a complete pass: u7 %q, u9 %q, %+v", host("u7"), host("u9"), m.Status())
 	}
 }
 

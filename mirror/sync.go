@@ -110,7 +110,10 @@ func (m *Mirror) cycle(loaded func(error)) (synced, live bool, err error) {
 // back in time.
 func (m *Mirror) session(ctx context.Context, cancel context.CancelFunc, phase *time.Timer,
 	s Syncer, loaded func(error)) (live bool, err error) {
-	idx := newLiveIndex(m.keyAttr, m.cfg.MaxEntries)
+	// A fresh table: the refresh phase delivers every entry. The previous
+	// session's table was dropped when it ended, so only one is held.
+	idx := newTable(m.keyAttr, true, m.cfg.MaxEntries)
+	sess := &session{}
 	var (
 		wg      sync.WaitGroup
 		failMu  sync.Mutex
@@ -122,11 +125,16 @@ func (m *Mirror) session(ctx context.Context, cancel context.CancelFunc, phase *
 			failErr = err
 		}
 		failMu.Unlock()
-		idx.dead.Store(true)
+		sess.dead.Store(true)
 		cancel()
 	}
 	defer func() {
-		idx.dead.Store(true) // first thing when the session ends: stop answering
+		sess.dead.Store(true) // first thing when the session ends: stop answering
+		m.storeMu.Lock()
+		if cur := m.snap.Load(); cur != nil && cur.live == sess {
+			m.snap.Store(nil) // it answers nothing any more: free its memory now
+		}
+		m.storeMu.Unlock()
 		if !errors.Is(err, errNoSync) {
 			cancel() // closes the connection: ends the search and the prober
 		}
@@ -148,9 +156,9 @@ func (m *Mirror) session(ctx context.Context, cancel context.CancelFunc, phase *
 			}
 			switch st.State {
 			case ldap.SyncStateAdd, ldap.SyncStateModify:
-				err = idx.put([16]byte(st.EntryUUID), e)
+				err = idx.put(string(st.EntryUUID[:]), e)
 			case ldap.SyncStateDelete:
-				idx.del([16]byte(st.EntryUUID))
+				idx.del(string(st.EntryUUID[:]))
 			default:
 				err = fmt.Errorf("mirror: sync: unexpected state %d for %s", st.State, e.DN)
 			}
@@ -177,18 +185,20 @@ func (m *Mirror) session(ctx context.Context, cancel context.CancelFunc, phase *
 			}
 			live = true
 			now := m.now()
-			idx.alive.Store(now.UnixNano())
+			sess.alive.Store(now.UnixNano())
 			m.storeMu.Lock()
-			m.snap.Store(&snapshot{at: now, live: idx, entries: len(idx.items)})
+			m.snap.Store(&snapshot{at: now, tab: idx, live: sess})
+			m.paged = nil // the sync session is more current: free the periodic table
 			m.storeMu.Unlock()
-			if why := idx.off(); why != "" {
-				m.log.Warn("mirror disabled while this holds; every login uses search+bind", "reason", why)
+			entries, logins, off := idx.counts()
+			if off != "" {
+				m.log.Warn("mirror disabled while this holds; every login uses search+bind", "reason", off)
 			}
-			m.log.Info("mirror loaded by sync; following changes", "entries", len(idx.items),
-				"logins", idx.logins(), "took", now.Sub(started))
+			m.log.Info("mirror loaded by sync; following changes", "entries", entries,
+				"logins", logins, "took", now.Sub(started))
 			loaded(nil)
 			wg.Add(1)
-			go func() { defer wg.Done(); m.probe(ctx, s, idx, fail) }()
+			go func() { defer wg.Done(); m.probe(ctx, s, sess, fail) }()
 		default:
 			return live, fmt.Errorf("mirror: sync: unexpected sync info %d (live %v)", info.Value, live)
 		}
@@ -219,7 +229,7 @@ func (m *Mirror) session(ctx context.Context, cancel context.CancelFunc, phase *
 // a probe sent at t that comes back means the server had, by then, sent us
 // the changes it made before t (within its own queueing). One not back
 // within the bound ends the session.
-func (m *Mirror) probe(ctx context.Context, s Syncer, idx *liveIndex, fail func(error)) {
+func (m *Mirror) probe(ctx context.Context, s Syncer, sess *session, fail func(error)) {
 	bound := m.syncStale()
 	t := time.NewTicker(SyncProbe)
 	defer t.Stop()
@@ -240,7 +250,7 @@ func (m *Mirror) probe(ctx context.Context, s Syncer, idx *liveIndex, fail func(
 				fail(fmt.Errorf("mirror: sync probe: %w", err))
 				return
 			}
-			idx.alive.Store(sent.UnixNano())
+			sess.alive.Store(sent.UnixNano())
 		case <-timer.C:
 			fail(fmt.Errorf("mirror: sync probe: no answer within %v", bound))
 			<-done // cancelled: the connection is being closed

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,22 +14,24 @@ import (
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
-// TestLiveIndexMatchesBuild applies random adds, modifies and deletes to a
-// live index and checks after each that it answers exactly what a full
-// reload (build) of the same entries would.
-func TestLiveIndexMatchesBuild(t *testing.T) {
+// TestTableMatchesReference applies random adds, modifies and deletes to
+// a table, keyed by entryUUID as a sync session keeps it, and checks after
+// each that it answers exactly what the plain rebuild of the same entries
+// (the reference) would: the same entry, the same attributes, the same
+// count of logins.
+func TestTableMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	values := []string{"a", "A", "a ", "b", "B", "c", "d", "\u00e4", "e"}
 	logins := []string{"a", "A", "b", "B", "c", "d", "e", "x"}
-	x := newLiveIndex("uid", 1000)
+	x := newTable("uid", true, 1000)
 	entries := map[[16]byte]*ldap.Entry{}
 	for step := 0; step < 3000; step++ {
 		id := [16]byte{byte(rng.IntN(6))}
 		if rng.IntN(4) == 0 {
-			x.del(id)
+			x.del(string(id[:]))
 			delete(entries, id)
 		} else {
-			attrs := map[string][]string{"host": {"*"}}
+			attrs := map[string][]string{"host": {"*", fmt.Sprint("h", rng.IntN(3))}}
 			for range 1 + rng.IntN(2) {
 				name := "uid"
 				if rng.IntN(5) == 0 {
@@ -36,8 +39,12 @@ func TestLiveIndexMatchesBuild(t *testing.T) {
 				}
 				attrs[name] = append(attrs[name], values[rng.IntN(len(values))])
 			}
-			e := ldap.NewEntry(fmt.Sprintf("uid=%d.%d,dc=x", id[0], step), attrs)
-			if err := x.put(id, e); err != nil {
+			dn := fmt.Sprintf("uid=%d.%d,ou=o%d,dc=x", id[0], step, rng.IntN(2))
+			if rng.IntN(8) == 0 {
+				dn = fmt.Sprintf("cn=a\\,b %d,dc=x", step) // an escaped comma
+			}
+			e := ldap.NewEntry(dn, attrs)
+			if err := x.put(string(id[:]), e); err != nil {
 				t.Fatal(err)
 			}
 			entries[id] = e
@@ -46,18 +53,70 @@ func TestLiveIndexMatchesBuild(t *testing.T) {
 		for _, e := range entries {
 			all = append(all, e)
 		}
-		want := build(all, "uid")
-		for _, l := range logins {
-			we, wok := want.byValue[l]
-			if want.off != "" {
-				wok = false
+		checkAgainst(t, x, all, logins, fmt.Sprint("step ", step))
+	}
+}
+
+// TestPagedPassesMatchReference: a paged-mode table updated in place by
+// passes over random directories (then swept) answers what a rebuild of
+// the directory's current content would.
+func TestPagedPassesMatchReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	values := []string{"a", "A", "a ", "b", "B", "c", "d", "\u00e4", "e"}
+	logins := []string{"a", "A", "b", "B", "c", "d", "e", "x"}
+	x := newTable("uid", false, 0)
+	for pass := 0; pass < 500; pass++ {
+		var dir []*ldap.Entry
+		for i := range rng.IntN(7) {
+			if rng.IntN(3) == 0 {
+				continue
 			}
-			ge, gok := x.lookup(l)
-			if wok != gok || (wok && we.DN != ge.DN) {
-				t.Fatalf("step %d, login %q: live %v %v, build %v %v (off %q)", step, l, ge, gok, we, wok, want.off)
+			attrs := map[string][]string{"host": {fmt.Sprint("h", rng.IntN(3))}}
+			attrs["uid"] = []string{values[rng.IntN(len(values))]}
+			if rng.IntN(4) == 0 {
+				attrs["uid;x-legacy"] = []string{values[rng.IntN(len(values))]}
+			}
+			dir = append(dir, ldap.NewEntry(fmt.Sprintf("uid=%d,ou=o%d,dc=x", i, rng.IntN(2)), attrs))
+		}
+		x.beginPass()
+		for _, e := range dir {
+			if err := x.put(e.DN, e); err != nil {
+				t.Fatal(err)
 			}
 		}
+		x.sweep()
+		checkAgainst(t, x, dir, logins, fmt.Sprint("pass ", pass))
 	}
+}
+
+func checkAgainst(t *testing.T, x *table, all []*ldap.Entry, logins []string, at string) {
+	t.Helper()
+	want := buildReference(all, "uid")
+	for _, l := range logins {
+		we, wok := want.byValue[l]
+		if want.off != "" {
+			wok = false
+		}
+		ge, gok := x.lookup(l)
+		if wok != gok || (wok && (we.DN != ge.DN || attrString(we) != attrString(ge))) {
+			t.Fatalf("%s, login %q: table %v %v, reference %v %v (off %q)", at, l, ge, gok, we, wok, want.off)
+		}
+	}
+	entries, n, off := x.counts()
+	if entries != len(all) {
+		t.Fatalf("%s: %d entries, want %d", at, entries, len(all))
+	}
+	if (off != "") != (want.off != "") || (off == "" && n != len(want.byValue)) {
+		t.Fatalf("%s: %d logins (off %q), reference %d (off %q)", at, n, off, len(want.byValue), want.off)
+	}
+}
+
+func attrString(e *ldap.Entry) string {
+	var b strings.Builder
+	for _, a := range e.Attributes {
+		fmt.Fprintf(&b, "%s=%q;", a.Name, a.Values)
+	}
+	return b.String()
 }
 
 // syncDial connects to s as the service account; cancelling ctx closes the

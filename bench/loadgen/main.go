@@ -7,6 +7,9 @@
 //	loadgen run -mode saslauthd -socket PATH ...   one measurement, appended as JSON
 //	loadgen dovecot -kind ldap|checkpassword|lua -ready FILE ...   run a Dovecot 2.3 until SIGTERM
 //	loadgen table -in FILE                         the results table with ratios
+//	loadgen mirror -phase load|refresh ...         a mirror's load or refresh cost (bench/scale.sh)
+//	loadgen syncmods -n 1000 ...                   how long modifies take to reach a syncing mirror
+//	loadgen scaletable -in FILE                    the cost curves by directory size
 //
 // Every answer is checked: a good password must get OK (or an LDAP bind
 // success) and a wrong one NO (invalid credentials). Anything else counts as
@@ -32,6 +35,12 @@ func main() {
 		err = runTable(os.Args[2:])
 	case "dovecot":
 		err = runDovecot(os.Args[2:])
+	case "mirror":
+		err = runMirror(os.Args[2:])
+	case "syncmods":
+		err = runSyncMods(os.Args[2:])
+	case "scaletable":
+		err = runScaleTable(os.Args[2:])
 	default:
 		usage()
 	}
@@ -42,6 +51,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen slapd|run|dovecot|table [flags]  (-h for each)")
+	fmt.Fprintln(os.Stderr, "usage: loadgen slapd|run|dovecot|table|mirror|syncmods|scaletable [flags]  (-h for each)")
 	os.Exit(2)
 }

@@ -28,6 +28,7 @@ import (
 type Result struct {
 	Label       string  `json:"label"`
 	Mode        string  `json:"mode"`
+	Users       int     `json:"users,omitempty"` // users in the directory (-users)
 	Concurrency int     `json:"c"`
 	Seconds     float64 `json:"seconds"`
 	Requests    int64   `json:"requests"`
@@ -262,7 +263,7 @@ func runLoad(args []string) error {
 	wg.Wait()
 
 	res := Result{
-		Label: *label, Mode: *mode, Concurrency: *conc, Seconds: elapsed.Seconds(),
+		Label: *label, Mode: *mode, Users: *users, Concurrency: *conc, Seconds: elapsed.Seconds(),
 		Requests: requests, Errors: errs, Mismatches: mismatch, FirstError: firstErr,
 		RPS: float64(requests) / elapsed.Seconds(),
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
@@ -18,6 +19,7 @@ func runSlapd(args []string) error {
 	dir := fs.String("dir", "", "working directory (created; must be empty or absent)")
 	users := fs.Int("users", 10000, "generated users uid=user0.. with password passN")
 	ready := fs.String("ready", "", "file to write the ldap:// URL to once slapd answers")
+	syncProv := fs.Bool("syncprov", false, "offer content synchronisation (RFC 4533, the syncprov overlay)")
 	fs.Parse(args)
 	if *dir == "" || *ready == "" {
 		return fmt.Errorf("slapd: -dir and -ready are required")
@@ -27,7 +29,11 @@ func runSlapd(args []string) error {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	srv, err := slapdtest.Launch(*dir, slapdtest.WithUsers(*users))
+	opts := []slapdtest.Option{slapdtest.WithUsers(*users), slapdtest.WithReadyTimeout(2 * time.Minute)}
+	if *syncProv {
+		opts = append(opts, slapdtest.WithSyncProv())
+	}
+	srv, err := slapdtest.Launch(*dir, opts...)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@
 package slapdtest
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha1"
 	"crypto/tls"
@@ -271,7 +272,7 @@ TLSCertificateKeyFile {{.Dir}}/{{.CertName}}.key
 {{if .UnauthBind}}allow bind_anon_dn
 {{end}}
 database mdb
-maxsize 268435456
+maxsize {{.MaxSize}}
 suffix "` + Suffix + `"
 rootdn "` + AdminDN + `"
 rootpw ` + AdminPassword + `
@@ -322,6 +323,7 @@ func (s *Server) prepare() error {
 		"Testdata": TestdataDir(), "Dir": s.Dir, "CertName": certName,
 		"UnauthBind": o.unauthBind, "NoAnonymousRead": o.noAnonymousRead,
 		"SyncProv": o.syncProv, "PPolicy": o.ppolicy, "IdleTimeout": o.idleTimeout, "MemberOf": o.memberOf,
+		"MaxSize": mdbMaxSize(o.users),
 	})
 	if err != nil {
 		return err
@@ -357,19 +359,32 @@ func (s *Server) prepare() error {
 // GeneratedUserPassword is the password WithUsers gives uid=user<n>.
 func GeneratedUserPassword(n int) string { return "pass" + strconv.Itoa(n) }
 
+// mdbMaxSize is the database's map size: 256 MiB for the fixtures, plus
+// about 4 KiB per generated user (a 1,000,000-user directory takes ~1.6 GB
+// with its indexes). It is address space, not memory: the file grows as used.
+func mdbMaxSize(users int) int64 { return 256<<20 + int64(users)*4096 }
+
 func writeGeneratedUsers(path string, n int) error {
-	var b bytes.Buffer
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b := bufio.NewWriterSize(f, 1<<20)
 	salt := []byte("slapdtst")
 	for i := 0; i < n; i++ {
 		h := sha1.New()
 		h.Write([]byte(GeneratedUserPassword(i)))
 		h.Write(salt)
 		ssha := base64.StdEncoding.EncodeToString(append(h.Sum(nil), salt...))
-		fmt.Fprintf(&b, "dn: uid=user%d,%s\nobjectClass: inetOrgPerson\nobjectClass: hostObject\n"+
+		fmt.Fprintf(b, "dn: uid=user%d,%s\nobjectClass: inetOrgPerson\nobjectClass: hostObject\n"+
 			"uid: user%d\ncn: user%d\nsn: user%d\nhost: *\nuserPassword: {SSHA}%s\n\n",
 			i, PeopleDN, i, i, i, ssha)
 	}
-	return os.WriteFile(path, b.Bytes(), 0o600)
+	if err := b.Flush(); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // start runs slapd in the foreground (-d 0 keeps it attached and quiet) and

@@ -22,7 +22,13 @@ import (
 // root (references to its other partitions).
 func TestContinuationReferences(t *testing.T) {
 	s := slapdtest.Start(t, slapdtest.WithLDAPS(), slapdtest.WithReferrals())
-	for _, p := range []peer{slapdPeer(s), dsPeer(ds.Get(t)), sambaPeer(dc.Get(t))} {
+	// 389-ds 3.x sends a reference only for the referral entries among the
+	// filter's candidates, and an indexed (uid=...) has none; an unindexed
+	// term, as in many admins' filters, makes every entry a candidate (2.x
+	// sends them all either way).
+	dsp := dsPeer(ds.Get(t))
+	dsp.filter = "(|(uid=%s)(description=%[1]s))"
+	for _, p := range []peer{slapdPeer(s), dsp, sambaPeer(dc.Get(t))} {
 		// How many the server sends, as go-ldap collects them.
 		lc, err := ldap.DialURL(p.url)
 		if err != nil {

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // Accounts of the fixture trees' /etc/passwd and /etc/group. The numbers
@@ -38,12 +40,7 @@ type fixGroup struct {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the fixture trees need root (files owned by postfix, dovecot, ...)")
-		}
-		t.Skip("the fixture trees need root (chown)")
-	}
+	peertest.NeedRoot(t, "the fixture trees (files owned by postfix, dovecot, ...)")
 }
 
 func newTree(t *testing.T) *tree {

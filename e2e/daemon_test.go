@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -40,7 +41,7 @@ func (d *daemon) mailauthdTest(ctx context.Context, user, pass, service string) 
 // running one keeps serving.
 func TestReload(t *testing.T) {
 	t.Parallel()
-	needBinary(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
+	peertest.NeedFile(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
 	slapd := slapdtest.Start(t)
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "mux")
@@ -145,7 +146,7 @@ func TestReload(t *testing.T) {
 // arrives still gets its answer; then the daemon exits 0 and removes its socket.
 func TestShutdownDrains(t *testing.T) {
 	t.Parallel()
-	needBinary(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
+	peertest.NeedFile(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
 	slapd := slapdtest.Start(t)
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "mux")
@@ -289,7 +290,7 @@ func TestServeCheck(t *testing.T) {
 // LDAP settings; the YAML file keeps only sockets and access rules.
 func TestSaslauthdConf(t *testing.T) {
 	t.Parallel()
-	needBinary(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
+	peertest.NeedFile(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
 	slapd := slapdtest.Start(t)
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "mux")
@@ -322,7 +323,7 @@ func TestSaslauthdConf(t *testing.T) {
 // (ldap timeout 1s); after slapd comes back, logins work again.
 func TestLDAPDown(t *testing.T) {
 	t.Parallel()
-	needBinary(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
+	peertest.NeedFile(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
 	slapd := slapdtest.Start(t)
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "mux")

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/internal/dovecottest"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -110,7 +111,7 @@ func smtpAuth(t *testing.T, swaks, server, user, pass string) string {
 // postfix out, the doctor names that directory and logins really fail.
 func TestDoctorPostfix(t *testing.T) {
 	t.Parallel()
-	swaks := needBinary(t, "/usr/bin/swaks", "swaks")
+	swaks := peertest.NeedFile(t, "/usr/bin/swaks", "swaks")
 	slapd := slapdtest.Start(t)
 	dir := shortDir(t)
 	run := filepath.Join(dir, "run")
@@ -171,16 +172,11 @@ func TestDoctorPostfix(t *testing.T) {
 // at socket. It returns the IMAP address and imapd.conf's path.
 func startCyrus(t *testing.T, socket string) (string, string) {
 	t.Helper()
-	master := needBinary(t, "/usr/lib/cyrus/bin/master")
+	master := peertest.NeedFile(t, "/usr/lib/cyrus/bin/master")
 	// The cyrus-imapd package conflicts with dovecot-imapd, so
 	// scripts/install-deps.sh unpacks its imapd instead of installing it.
-	imapdBin := needBinary(t, "/usr/lib/cyrus/bin/imapd", "/var/lib/mailauthd-test-peers/cyrus-imapd/usr/lib/cyrus/bin/imapd")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the Cyrus test needs root (Cyrus's master switches to user cyrus)")
-		}
-		t.Skip("the Cyrus test needs root")
-	}
+	imapdBin := peertest.NeedFile(t, "/usr/lib/cyrus/bin/imapd", "/var/lib/mailauthd-test-peers/cyrus-imapd/usr/lib/cyrus/bin/imapd")
+	peertest.NeedRoot(t, "the Cyrus test (Cyrus's master switches to user cyrus)")
 	cu, err := user.Lookup("cyrus")
 	if err != nil {
 		t.Fatalf("user cyrus: %v", err)
@@ -487,9 +483,9 @@ func TestDoctorDovecot(t *testing.T) {
 // hookConf is an apt.conf.d file. It returns apt-get's environment.
 func scratchApt(t *testing.T, hookConf string) []string {
 	t.Helper()
-	needBinary(t, "/usr/bin/apt-get")
-	dpkgDeb := needBinary(t, "/usr/bin/dpkg-deb")
-	scan := needBinary(t, "/usr/bin/dpkg-scanpackages")
+	peertest.NeedFile(t, "/usr/bin/apt-get")
+	dpkgDeb := peertest.NeedFile(t, "/usr/bin/dpkg-deb")
+	scan := peertest.NeedFile(t, "/usr/bin/dpkg-scanpackages")
 	s := t.TempDir()
 	for _, d := range []string{"repo", "state/lists/partial", "cache/archives/partial", "etc/apt.conf.d", "etc/preferences.d", "etc/sources.list.d", "log", "pkg/DEBIAN"} {
 		if err := os.MkdirAll(filepath.Join(s, d), 0o755); err != nil {
@@ -614,8 +610,8 @@ func TestDoctorAptHook(t *testing.T) {
 // chroot, and logins really fail.
 func TestDoctorPostfixChroot(t *testing.T) {
 	t.Parallel()
-	swaks := needBinary(t, "/usr/bin/swaks", "swaks")
-	postconf := needBinary(t, "/usr/sbin/postconf")
+	swaks := peertest.NeedFile(t, "/usr/bin/swaks", "swaks")
+	postconf := peertest.NeedFile(t, "/usr/sbin/postconf")
 	slapd := slapdtest.Start(t)
 	server, etc := startPostfixConf(t, "/nonexistent/mux")
 	out, err := exec.Command(postconf, "-c", etc, "-h", "queue_directory").Output()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -20,7 +21,7 @@ import (
 // no accepted login, no temporary failure and no address a client wrote
 // into its login name does.
 func TestFail2ban(t *testing.T) {
-	regexBin := needBinary(t, "/usr/bin/fail2ban-regex")
+	regexBin := peertest.NeedFile(t, "/usr/bin/fail2ban-regex")
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)

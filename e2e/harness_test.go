@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -73,27 +74,6 @@ func moduleRoot() (string, error) {
 		return "", errors.New("not inside a Go module")
 	}
 	return filepath.Dir(mod), nil
-}
-
-// needBinary returns path when it exists; otherwise the test is skipped, or
-// fails under CI.
-func needBinary(t *testing.T, paths ...string) string {
-	t.Helper()
-	for _, p := range paths {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		if !strings.Contains(p, "/") {
-			if lp, err := exec.LookPath(p); err == nil {
-				return lp
-			}
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s not installed (run scripts/install-deps.sh)", paths[0])
-	}
-	t.Skipf("%s not installed", paths[0])
-	return ""
 }
 
 // shortDir returns a fresh directory with a short path (Unix socket paths
@@ -341,7 +321,7 @@ type saslReq struct {
 // testsaslauthd runs Cyrus's client against the daemon's socket and returns
 // its output, trimmed. Its exit status is not an error: it exits non-zero on NO.
 func (d *daemon) testsaslauthd(ctx context.Context, r saslReq) string {
-	bin := needBinary(d.t, "/usr/sbin/testsaslauthd", "testsaslauthd")
+	bin := peertest.NeedFile(d.t, "/usr/sbin/testsaslauthd", "testsaslauthd")
 	d.addPassword(r.pass)
 	d.sent.Add(1)
 	args := []string{"-u", r.user, "-p", r.pass, "-f", d.socket}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/internal/dovecottest"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -66,7 +67,7 @@ func startIMAPBackend(t *testing.T, port int) *dovecottest.Dovecot {
 	t.Helper()
 	dir := dovecottest.TempDir(t, dovecottest.Version23)
 	for _, p := range []string{"/usr/lib/dovecot/imap", "/usr/lib/dovecot/imap-login"} {
-		needBinary(t, dir.System(p))
+		peertest.NeedFile(t, dir.System(p))
 	}
 	var users strings.Builder
 	for _, u := range append(nginxUsers, struct{ uid, password, mailHost string }{"star", "starpw", ""}) {
@@ -121,8 +122,8 @@ type nginxServer struct {
 // loopback TCP, both sending the shared secret.
 func startNginx(t *testing.T, conf string) *nginxServer {
 	t.Helper()
-	bin := needBinary(t, "/usr/sbin/nginx")
-	needBinary(t, nginxMailModule)
+	bin := peertest.NeedFile(t, "/usr/sbin/nginx")
+	peertest.NeedFile(t, nginxMailModule)
 	dir := shortDir(t)
 	n := &nginxServer{dir: dir, errorLogPath: filepath.Join(dir, "error.log"), done: make(chan struct{})}
 	path := filepath.Join(dir, "nginx.conf")
@@ -234,9 +235,9 @@ func imapQuote(s string) string {
 // and with LDAP down the client hears "try again later", never a refusal.
 func TestNginxMailProxy(t *testing.T) {
 	t.Parallel()
-	swaks := needBinary(t, "/usr/bin/swaks", "swaks")
-	needBinary(t, "/usr/sbin/nginx")
-	needBinary(t, nginxMailModule)
+	swaks := peertest.NeedFile(t, "/usr/bin/swaks", "swaks")
+	peertest.NeedFile(t, "/usr/sbin/nginx")
+	peertest.NeedFile(t, nginxMailModule)
 	dir := shortDir(t)
 	slapd := slapdtest.Start(t, slapdtest.WithLDIF(filepath.Join(slapdtest.TestdataDir(), "users.ldif"), writeNginxLDIF(t, dir)))
 

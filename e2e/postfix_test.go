@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -55,13 +56,8 @@ func startPostfix(t *testing.T, socket string, extraMain ...string) string {
 // config_directory (for postconf -c).
 func startPostfixConf(t *testing.T, socket string, extraMain ...string) (addr, configDir string) {
 	t.Helper()
-	postfix := needBinary(t, "/usr/sbin/postfix")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the Postfix test needs root (postfix start)")
-		}
-		t.Skip("the Postfix test needs root (postfix start)")
-	}
+	postfix := peertest.NeedFile(t, "/usr/sbin/postfix")
+	peertest.NeedRoot(t, "the Postfix test (postfix start)")
 	pu, err := user.Lookup("postfix")
 	if err != nil {
 		t.Fatalf("user postfix: %v", err)
@@ -178,7 +174,7 @@ func freePort(t *testing.T) int {
 // socket. The daemon's log proves each login came through that path.
 func TestPostfixSMTPAuth(t *testing.T) {
 	t.Parallel()
-	swaks := needBinary(t, "/usr/bin/swaks", "swaks")
+	swaks := peertest.NeedFile(t, "/usr/bin/swaks", "swaks")
 	slapd := slapdtest.Start(t)
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "mux")

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 )
 
@@ -15,7 +16,7 @@ import (
 // (user, service, outcome, reason) and no password in the log.
 func TestTestsaslauthd(t *testing.T) {
 	t.Parallel()
-	needBinary(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
+	peertest.NeedFile(t, "/usr/sbin/testsaslauthd", "testsaslauthd")
 	slapd := slapdtest.Start(t)
 
 	type want struct {

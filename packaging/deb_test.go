@@ -24,16 +24,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 func needRoot(t *testing.T, why string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal(why + " needs root")
-		}
-		t.Skip(why + " needs root")
-	}
+	peertest.NeedRoot(t, why)
 }
 
 func runCmd(t *testing.T, timeout time.Duration, env []string, name string, args ...string) (string, error) {
@@ -75,7 +72,7 @@ func aptGet(t *testing.T, args ...string) string {
 func TestDeb(t *testing.T) {
 	needRoot(t, "installing the package")
 	for _, tool := range []string{"dpkg-buildpackage", "dh", "go-md2man", "lintian", "apt-get"} {
-		needTool(t, tool)
+		peertest.NeedFile(t, tool)
 	}
 	if present("mailauthd") {
 		t.Skip("a mailauthd package is on this machine; not touching it")

@@ -8,13 +8,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // systemd-analyze security --offline=true works without systemd as PID 1
 // (systemd 252 here): the daemon keeps its sandbox, the pamcheck oneshot
 // gets one.
 func TestSystemdSecurity(t *testing.T) {
-	analyze := needTool(t, "systemd-analyze")
+	analyze := peertest.NeedFile(t, "systemd-analyze")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -6,13 +6,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // scripts/version.sh in a scratch repository: every kind of version it
 // prints sorts after the ones before it, as dpkg compares them.
 func TestVersionsSort(t *testing.T) {
-	git := needTool(t, "git")
-	dpkg := needTool(t, "dpkg")
+	git := peertest.NeedFile(t, "git")
+	dpkg := peertest.NeedFile(t, "dpkg")
 	script, err := os.ReadFile("../scripts/version.sh")
 	if err != nil {
 		t.Fatal(err)
@@ -79,16 +81,4 @@ func TestVersionsSort(t *testing.T) {
 			t.Errorf("dpkg does not sort %s before %s", order[i-1], order[i])
 		}
 	}
-}
-
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed (scripts/install-deps.sh installs it)", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
 }

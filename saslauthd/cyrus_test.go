@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // testsaslauthdPath finds Cyrus's own client (Debian package sasl2-bin).
@@ -20,14 +21,7 @@ func testsaslauthdPath(t *testing.T) string {
 			return p
 		}
 	}
-	if p, err := exec.LookPath("testsaslauthd"); err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("testsaslauthd not installed (sasl2-bin); scripts/install-deps.sh installs it")
-	}
-	t.Skip("testsaslauthd not installed (sasl2-bin)")
-	return ""
+	return peertest.NeedFile(t, "testsaslauthd")
 }
 
 // TestCyrusTestsaslauthd speaks to the Server with the real Cyrus client,

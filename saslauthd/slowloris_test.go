@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // stall opens n connections to path that send one byte of a request and
@@ -136,12 +137,7 @@ func splitN(s string, n int) []string {
 // connections over it are closed at once, and another user's login (the
 // test's, root) still gets in.
 func TestPerPeerLimit(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("needs root to open connections as another user")
-		}
-		t.Skip("needs root to open connections as another user")
-	}
+	peertest.NeedRoot(t, "opening connections as another user")
 	dir, err := os.MkdirTemp("", "sasl-peer-")
 	if err != nil {
 		t.Fatal(err)

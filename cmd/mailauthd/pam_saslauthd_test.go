@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mailauthd/mailauthd/auth"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/saslauthd"
 )
 
@@ -22,13 +23,8 @@ import (
 // name, and libpam reads /etc/pam.d: the files go there under unique names
 // (NAME-smtp, NAME-imap) with --service, and the requests name that service.
 func TestPAMCyrusSaslauthd(t *testing.T) {
-	bin := needTool(t, "/usr/sbin/saslauthd")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("this test installs files in /etc/pam.d, which needs root")
-		}
-		t.Skip("installing files in /etc/pam.d needs root")
-	}
+	bin := peertest.NeedFile(t, "/usr/sbin/saslauthd")
+	peertest.NeedRoot(t, "installing files in /etc/pam.d")
 	w := newPAMWorld(t)
 	name := uniquePAMName(t)
 	for _, svc := range []string{"imap", "smtp"} {

@@ -22,6 +22,7 @@ import (
 	"github.com/mailauthd/mailauthd/config"
 	"github.com/mailauthd/mailauthd/daemon"
 	"github.com/mailauthd/mailauthd/internal/mountns"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/slapdtest"
 	"github.com/mailauthd/mailauthd/pamcheck"
 	"github.com/mailauthd/mailauthd/saslauthd"
@@ -168,23 +169,8 @@ func needRealPAM(t testing.TB) {
 	t.Helper()
 	sys := pamcheck.NewSystem("", pamcheck.Config{}.WithDefaults())
 	if !pam.CheckPamHasStartConfdir() || sys.ResolveModule("pam_exec.so") == "" || sys.ResolveModule("pam_permit.so") == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("real PAM with pam_start_confdir, pam_exec and pam_permit is required in CI (libpam0g-dev, libpam-modules)")
-		}
-		t.Skip("no libpam with pam_start_confdir and pam_exec here")
+		peertest.Missing(t, "real PAM with pam_start_confdir, pam_exec and pam_permit not here (libpam0g-dev, libpam-modules)")
 	}
-}
-
-// needTool returns the path of an installed program, or skips (fails in CI).
-func needTool(t testing.TB, path string) string {
-	t.Helper()
-	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed (run scripts/install-deps.sh)", path)
-		}
-		t.Skipf("%s not installed", path)
-	}
-	return path
 }
 
 func (w *pamWorld) startDaemon(t testing.TB) {
@@ -312,14 +298,9 @@ func (w *pamWorld) login(t testing.TB, service, user, password, rhost string) pa
 // The mount ends with the process.
 func (w *pamWorld) pamtester(t testing.TB, service, user, password, rhost string) bool {
 	t.Helper()
-	bin := needTool(t, "/usr/bin/pamtester")
-	unshare := needTool(t, "/usr/bin/unshare")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("pamtester runs in a private mount namespace, which needs root")
-		}
-		t.Skip("pamtester's private mount namespace needs root")
-	}
+	bin := peertest.NeedFile(t, "/usr/bin/pamtester")
+	unshare := peertest.NeedFile(t, "/usr/bin/unshare")
+	peertest.NeedRoot(t, "pamtester's private mount namespace")
 	propagation, err := mountns.Propagation()
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // The package-manager hooks run "mailauthd pamcheck check"; tests point them
@@ -137,12 +139,7 @@ func hookEnv(t *testing.T, root string) []string {
 // apt-config extract DPkg::Post-Invoke, and runs each command the way apt
 // does (sh -c).
 func TestAptHook(t *testing.T) {
-	if _, err := exec.LookPath("apt-config"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("apt-config missing")
-		}
-		t.Skip("apt-config missing")
-	}
+	peertest.NeedFile(t, "apt-config")
 	dir := t.TempDir()
 	parts := filepath.Join(dir, "apt.conf.d")
 	os.Mkdir(parts, 0o755)

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/testca"
 )
 
@@ -487,25 +488,13 @@ func (s *Server) start() error {
 			return fmt.Errorf("ds389test: ns-slapd exited during start-up; errors log:\n%s", s.ErrorLog())
 		default:
 		}
-		if lastErr = ping(s.URL()); lastErr == nil {
+		if lastErr = peertest.PingLDAP(s.URL()); lastErr == nil {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.Stop()
 	return fmt.Errorf("ds389test: ns-slapd not ready after %v (%v); errors log:\n%s", s.opts.readyTimeout, lastErr, s.ErrorLog())
-}
-
-func ping(url string) error {
-	c, err := ldap.DialURL(url, ldap.DialWithDialer(&net.Dialer{Timeout: time.Second}))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetTimeout(time.Second)
-	_, err = c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 1, false,
-		"(objectClass=*)", []string{"namingContexts"}, nil))
-	return err
 }
 
 // Admin returns a connection bound as Directory Manager; the caller closes it.
@@ -619,12 +608,8 @@ func (s *Server) Pause() error {
 	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !allThreadsStopped(s.cmd.Process.Pid) {
-		if time.Now().After(deadline) {
-			return errors.New("ds389test: ns-slapd did not stop after SIGSTOP")
-		}
-		time.Sleep(time.Millisecond)
+	if err := peertest.WaitStopped(s.cmd.Process.Pid, 5*time.Second); err != nil {
+		return fmt.Errorf("ds389test: ns-slapd: %w", err)
 	}
 	return nil
 }
@@ -637,25 +622,6 @@ func (s *Server) Resume() error {
 		return errors.New("ds389test: ns-slapd is not running")
 	}
 	return s.cmd.Process.Signal(syscall.SIGCONT)
-}
-
-// allThreadsStopped reads each thread's state from /proc (T = stopped).
-func allThreadsStopped(pid int) bool {
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if err != nil || len(tasks) == 0 {
-		return false
-	}
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			return false
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
-			return false
-		}
-	}
-	return true
 }
 
 // Close stops the server and removes what it left outside Dir (the stats

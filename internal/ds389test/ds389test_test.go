@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 	"github.com/mailauthd/mailauthd/internal/ldapprobe"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // One instance for the package, with every option on: the referrals sit
@@ -371,7 +372,7 @@ func TestIdleTimeout(t *testing.T) {
 			case <-stop:
 				return
 			case <-time.After(300 * time.Millisecond):
-				ping(s.URL())
+				peertest.PingLDAP(s.URL())
 			}
 		}
 	}()

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // Path is the redis-server binary.
@@ -34,12 +36,7 @@ func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 // skips the test when redis-server is not installed, and fails it under CI.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	if _, err := os.Stat(Path); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing (scripts/install-deps.sh installs redis-server)", Path)
-		}
-		t.Skipf("%s not installed", Path)
-	}
+	peertest.NeedFile(t, Path)
 	s, err := Launch(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

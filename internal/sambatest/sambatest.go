@@ -20,7 +20,6 @@
 package sambatest
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -35,6 +34,7 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/testca"
 )
 
@@ -273,25 +273,13 @@ func (s *Server) start() error {
 			return fmt.Errorf("sambatest: samba exited during start-up; output:\n%s", s.Output())
 		default:
 		}
-		if lastErr = ping(s.URL()); lastErr == nil {
+		if lastErr = peertest.PingLDAP(s.URL()); lastErr == nil {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.Stop()
 	return fmt.Errorf("sambatest: samba not ready after %v (%v); output:\n%s", s.opts.readyTimeout, lastErr, s.Output())
-}
-
-func ping(url string) error {
-	c, err := ldap.DialURL(url, ldap.DialWithDialer(&net.Dialer{Timeout: time.Second}))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetTimeout(time.Second)
-	_, err = c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 1, false,
-		"(objectClass=*)", []string{"defaultNamingContext"}, nil))
-	return err
 }
 
 // Admin returns a connection over LDAPS bound as Administrator; the caller closes it.
@@ -391,33 +379,10 @@ func (s *Server) signal(sig syscall.Signal) error {
 	if sig != syscall.SIGSTOP {
 		return nil
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !processStopped(s.cmd.Process.Pid) {
-		if time.Now().After(deadline) {
-			return errors.New("sambatest: samba did not stop after SIGSTOP")
-		}
-		time.Sleep(time.Millisecond)
+	if err := peertest.WaitStopped(s.cmd.Process.Pid, 5*time.Second); err != nil {
+		return fmt.Errorf("sambatest: samba: %w", err)
 	}
 	return nil
-}
-
-// processStopped reads each thread's state from /proc (T = stopped).
-func processStopped(pid int) bool {
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if err != nil || len(tasks) == 0 {
-		return false
-	}
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			return false
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
-			return false
-		}
-	}
-	return true
 }
 
 // Close stops samba, the forwarders and the namespace. Dir stays (it

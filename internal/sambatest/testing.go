@@ -1,9 +1,9 @@
 package sambatest
 
 import (
-	"os"
-	"sync"
 	"testing"
+
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // need skips t when the Samba AD DC tools are missing or the test does
@@ -11,17 +11,9 @@ import (
 func need(t testing.TB) {
 	t.Helper()
 	if !Available() {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("sambatest: samba AD DC tools not installed (run scripts/install-deps.sh)")
-		}
-		t.Skipf("sambatest: samba AD DC tools not installed")
+		peertest.Missing(t, "sambatest: samba AD DC tools not installed (scripts/install-deps.sh installs them)")
 	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("sambatest: needs root (a network namespace for samba's fixed ports)")
-		}
-		t.Skipf("sambatest: needs root (a network namespace for samba's fixed ports)")
-	}
+	peertest.NeedRoot(t, "sambatest: the network namespace for samba's fixed ports")
 }
 
 // Start runs an instance for this test in t.TempDir() and closes it in
@@ -40,53 +32,13 @@ func Start(t testing.TB, opts ...Option) *Server {
 	return s
 }
 
-// Shared is one instance for a whole test binary, created by the first
-// test that asks for it. Close it from TestMain after m.Run:
-//
-//	var dc = sambatest.NewShared()
-//
-//	func TestMain(m *testing.M) {
-//		code := m.Run()
-//		ds.Close()
-//		os.Exit(code)
-//	}
-//
-// Tests that change server-wide state (Stop, Pause, SetIdleTimeout,
-// locking Lockable) must restore it or use their own Start.
-type Shared struct {
-	opts []Option
-	once sync.Once
-	dir  string
-	srv  *Server
-	err  error
-}
+// Shared is one domain controller for a whole test binary (see
+// peertest.Shared). Tests that change server-wide state (Stop, Pause,
+// SetIdleTimeout, locking Lockable) must restore it or use their own Start.
+type Shared = peertest.Shared[*Server]
 
 // NewShared prepares a shared instance with these options; nothing starts yet.
-func NewShared(opts ...Option) *Shared { return &Shared{opts: opts} }
-
-// Get returns the shared instance, creating it on first use. It skips or
-// fails t like Start.
-func (sh *Shared) Get(t testing.TB) *Server {
-	t.Helper()
-	need(t)
-	sh.once.Do(func() {
-		sh.dir, sh.err = os.MkdirTemp("", "sambatest")
-		if sh.err == nil {
-			sh.srv, sh.err = Launch(sh.dir, sh.opts...)
-		}
-	})
-	if sh.err != nil {
-		t.Fatal(sh.err)
-	}
-	return sh.srv
-}
-
-// Close stops the instance (if one was made) and removes its directory.
-func (sh *Shared) Close() {
-	if sh.srv != nil {
-		sh.srv.Close()
-	}
-	if sh.dir != "" {
-		os.RemoveAll(sh.dir)
-	}
+func NewShared(opts ...Option) *Shared {
+	return peertest.NewShared("sambatest", need,
+		func(dir string) (*Server, error) { return Launch(dir, opts...) }, (*Server).Close)
 }

@@ -27,7 +27,7 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/go-ldap/ldap/v3"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 	"github.com/mailauthd/mailauthd/internal/testca"
 )
 
@@ -424,25 +424,12 @@ func (s *Server) waitReady(exited <-chan struct{}) error {
 			return fmt.Errorf("slapdtest: slapd exited during start-up; output:\n%s", s.stderr.String())
 		default:
 		}
-		if lastErr = ping(s.URL()); lastErr == nil {
+		if lastErr = peertest.PingLDAP(s.URL()); lastErr == nil {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("slapdtest: slapd not ready after %v (%v); output:\n%s", s.opts.readyTimeout, lastErr, s.stderr.String())
-}
-
-// ping connects and reads the RootDSE anonymously, bounded by one second.
-func ping(url string) error {
-	c, err := ldap.DialURL(url, ldap.DialWithDialer(&net.Dialer{Timeout: time.Second}))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetTimeout(time.Second)
-	_, err = c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 1, false,
-		"(objectClass=*)", []string{"namingContexts"}, nil))
-	return err
 }
 
 // Stop kills slapd (SIGKILL, like a crash) and waits for it to exit. The
@@ -487,34 +474,10 @@ func (s *Server) Pause() error {
 	s.mu.Lock()
 	pid := s.cmd.Process.Pid
 	s.mu.Unlock()
-	deadline := time.Now().Add(5 * time.Second)
-	for !allThreadsStopped(pid) {
-		if time.Now().After(deadline) {
-			return errors.New("slapdtest: slapd did not stop after SIGSTOP")
-		}
-		time.Sleep(time.Millisecond)
+	if err := peertest.WaitStopped(pid, 5*time.Second); err != nil {
+		return fmt.Errorf("slapdtest: slapd: %w", err)
 	}
 	return nil
-}
-
-// allThreadsStopped reads each thread's state from /proc (T = stopped).
-func allThreadsStopped(pid int) bool {
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if err != nil || len(tasks) == 0 {
-		return false
-	}
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			return false
-		}
-		// Format: pid (comm) state ...; comm may hold spaces, so cut at the last ')'.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
-			return false
-		}
-	}
-	return true
 }
 
 // Resume continues a paused slapd (SIGCONT).

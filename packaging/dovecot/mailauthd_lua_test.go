@@ -23,6 +23,7 @@ import (
 
 	"github.com/mailauthd/mailauthd/auth"
 	"github.com/mailauthd/mailauthd/control"
+	"github.com/mailauthd/mailauthd/internal/peertest"
 )
 
 // Dovecot's result codes (src/auth/passdb.h, userdb.h).
@@ -47,18 +48,9 @@ func lua(t testing.TB) string {
 	if testing.Short() {
 		t.Skip("runs lua5.4: skipped in -short mode")
 	}
-	p, err := exec.LookPath("lua5.4")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("lua5.4 not installed (run scripts/install-deps.sh)")
-		}
-		t.Skip("lua5.4 not installed")
-	}
+	p := peertest.NeedFile(t, "lua5.4")
 	if err := exec.Command(p, "-e", `require("socket.unix")`).Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("luasocket for Lua 5.4 not installed (lua-socket; run scripts/install-deps.sh)")
-		}
-		t.Skip("luasocket for Lua 5.4 not installed")
+		peertest.Missing(t, "luasocket for Lua 5.4 not installed (lua-socket; scripts/install-deps.sh installs it)")
 	}
 	return p
 }
